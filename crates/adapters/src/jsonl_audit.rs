@@ -1,0 +1,1 @@
+//! jsonl_audit adapter (being written).

@@ -1,0 +1,1 @@
+//! local_host adapter (being written).

@@ -1,0 +1,1 @@
+//! price_table adapter (being written).

@@ -1,0 +1,1 @@
+//! system_clock adapter (being written).

@@ -1,0 +1,1 @@
+//! The tripwire (being written).

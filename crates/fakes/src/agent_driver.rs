@@ -1,0 +1,1 @@
+//! `InMemoryAgentDriver` (being written).

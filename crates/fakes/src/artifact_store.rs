@@ -1,0 +1,1 @@
+//! `InMemoryArtifactStore` (being written).

@@ -1,0 +1,1 @@
+//! `InMemoryAuditLog` (being written).

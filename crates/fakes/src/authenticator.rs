@@ -1,0 +1,1 @@
+//! `InMemoryAuthenticator` (being written).

@@ -1,0 +1,1 @@
+//! `InMemoryEventBus` (being written).

@@ -1,0 +1,1 @@
+//! `InMemoryIdentityStore` (being written).

@@ -1,0 +1,1 @@
+//! `InMemoryModelGateway` (being written).

@@ -1,0 +1,1 @@
+//! `InMemoryPriceBook` (being written).

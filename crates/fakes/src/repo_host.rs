@@ -1,0 +1,1 @@
+//! `InMemoryRepoHost` (being written).

@@ -1,0 +1,1 @@
+//! `InMemoryRunLedger` (being written).

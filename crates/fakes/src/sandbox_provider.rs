@@ -1,0 +1,1 @@
+//! `InMemorySandboxProvider` (being written).

@@ -1,0 +1,1 @@
+//! `InMemorySecretVault` (being written).

@@ -1,0 +1,1 @@
+//! `InMemorySessionHost` (being written).

@@ -1,0 +1,1 @@
+//! `InMemorySessionStore` (being written).
