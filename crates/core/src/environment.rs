@@ -20,7 +20,7 @@
 //!    `cargo` > `go` > `gradle` > `maven` > `uv` > `poetry` > `pip` > `pnpm` > `yarn` > `bun` >
 //!    `npm`.
 //!
-//!    Compiled-language build files come first because a root `package.json` or
+//!    Rust, Go and JVM build files come first because a root `package.json` or
 //!    `requirements.txt` next to them is usually tooling (linters, docs, scripts), not the
 //!    project. Within an ecosystem the lockfile-named tools rank above the manifest default, which
 //!    is how **lockfiles beat manifests**: `pnpm-lock.yaml` + `package.json` is pnpm,

@@ -70,7 +70,8 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
     pub event_count: u64,
-    #[serde(default)]
+    /// Present on `GET /v1/runs/{id}`; absent in listings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventEnvelope>,
 }
 

@@ -1,1 +1,89 @@
-//! `InMemoryAuthenticator` (being written).
+//! `InMemoryAuthenticator`: the store-backed authenticator (API keys and login tokens looked up by
+//! their SHA-256 in an `IdentityStore`), with time from the `Clock` port.
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use switchboard_core::crypto::TokenHash;
+use switchboard_core::tenancy::Principal;
+use switchboard_core::ErrorClass;
+use switchboard_ports::identity::{Authenticator, AuthenticatorError, Credential, IdentityStore, IdentityStoreError};
+use switchboard_ports::{Classify, Clock, FromClass};
+
+/// The prefix of every API key; any other token is taken for a login session token.
+pub const API_KEY_PREFIX: &str = "sk_";
+
+/// The longest token accepted; longer ones are malformed.
+pub const MAX_TOKEN_LEN: usize = 512;
+
+/// SHA-256 of a bearer token, as stored by the identity store.
+pub fn hash_token(token: &str) -> TokenHash {
+    TokenHash(Sha256::digest(token.as_bytes()).into())
+}
+
+/// Authenticates bearer tokens against an [`IdentityStore`].
+///
+/// - `sk_…` tokens are API keys: live keys yield their org, user, key id and the key's own scopes;
+///   revoked keys are `Unauthorized`.
+/// - Other tokens are login session tokens: live logins yield their org and user with the scopes of
+///   the user's role in that org; a login at or past `expires_at` (by the clock), or whose user is no
+///   longer a member, is `Unauthorized`.
+/// - Unknown and malformed tokens are `Unauthorized`. A store that cannot answer yields its own
+///   class (`Unavailable`, `Timeout`, …), never a principal and never a misleading `Unauthorized`.
+pub struct InMemoryAuthenticator {
+    identity: Arc<dyn IdentityStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl InMemoryAuthenticator {
+    pub fn new(identity: Arc<dyn IdentityStore>, clock: Arc<dyn Clock>) -> Self {
+        InMemoryAuthenticator { identity, clock }
+    }
+}
+
+fn unauthorized() -> AuthenticatorError {
+    // One message for every refusal, so the answer does not tell which part was wrong.
+    AuthenticatorError::Unauthorized("invalid or expired credential".to_string())
+}
+
+/// Maps a store failure: a missing row is an unknown credential; an infrastructure failure keeps
+/// its class so the caller can answer 503 rather than 401.
+fn from_store(e: IdentityStoreError) -> AuthenticatorError {
+    match e.class() {
+        ErrorClass::NotFound | ErrorClass::Unauthorized | ErrorClass::Invalid => unauthorized(),
+        ErrorClass::Conflict => AuthenticatorError::Corrupt(format!("identity store: {}", e.message())),
+        class => AuthenticatorError::from_class(class, format!("identity store: {}", e.message())),
+    }
+}
+
+fn well_formed(token: &str) -> bool {
+    !token.is_empty() && token.len() <= MAX_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[async_trait]
+impl Authenticator for InMemoryAuthenticator {
+    async fn authenticate(&self, credential: &Credential) -> Result<Principal, AuthenticatorError> {
+        let token = credential.0.expose();
+        if !well_formed(token) {
+            return Err(unauthorized());
+        }
+        let hash = hash_token(token);
+        if let Some(rest) = token.strip_prefix(API_KEY_PREFIX) {
+            if rest.is_empty() {
+                return Err(unauthorized());
+            }
+            let key = self.identity.find_api_key(&hash).await.map_err(from_store)?;
+            if !key.hash.matches(&hash) || key.meta.revoked_at.is_some() {
+                return Err(unauthorized());
+            }
+            return Ok(Principal::from_verified_credential(key.org, key.user, Some(key.meta.id), key.scopes));
+        }
+        let login = self.identity.find_login(&hash).await.map_err(from_store)?;
+        if !login.hash.matches(&hash) || self.clock.now() >= login.expires_at {
+            return Err(unauthorized());
+        }
+        let memberships = self.identity.memberships(&login.user).await.map_err(from_store)?;
+        let role = memberships.iter().find(|m| m.org == login.org).map(|m| m.role).ok_or_else(unauthorized)?;
+        Ok(Principal::from_verified_credential(login.org, login.user, None, role.scopes()))
+    }
+}

@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod registry;
+pub mod runtime;
 pub mod secret;
 
 pub mod agent;

@@ -23,7 +23,8 @@ pub enum ClientMessage {
     Ack { seq: u64 },
     /// Answer to a `permission.request`.
     Permission { request_id: RequestId, decision: PermissionDecision },
-    Ping,
+    /// Answered with `pong`. (A struct variant so that unknown fields are refused here too.)
+    Ping {},
 }
 
 /// Server → client control frames (everything that is not a sequenced event).

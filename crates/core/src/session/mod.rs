@@ -13,6 +13,9 @@
 //! stay in a non-terminal state forever while time advances.
 
 mod machine;
+mod runs;
+mod sandbox_link;
+mod state;
 mod types;
 
 pub use machine::Session;

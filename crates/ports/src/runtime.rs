@@ -1,0 +1,1 @@
+//! The runtime-agnostic session shell (being written).
