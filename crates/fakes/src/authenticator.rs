@@ -87,3 +87,22 @@ impl Authenticator for InMemoryAuthenticator {
         Ok(Principal::from_verified_credential(login.org, login.user, None, role.scopes()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hash_is_sha256() {
+        let hex: String = hash_token("abc").0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_before_any_lookup() {
+        for t in ["", " ", "sk_ abc", "tab\there", "ünï", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+            assert!(!well_formed(t), "{t:?}");
+        }
+        assert!(well_formed("sk_0123abcd") && well_formed(&"x".repeat(MAX_TOKEN_LEN)));
+    }
+}

@@ -222,3 +222,43 @@ impl IdentityStore for InMemoryIdentityStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::tenancy::Scope;
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        futures::FutureExt::now_or_never(f).expect("in-memory fakes never wait")
+    }
+
+    #[test]
+    fn rows_need_their_org_and_user_and_hashes_are_unique_across_keys_and_logins() {
+        let store = InMemoryIdentityStore::new();
+        let (org, user) = (OrgId::parse("o1").unwrap(), UserId::parse("u1").unwrap());
+        let key = NewApiKey {
+            id: ApiKeyId::parse("k1").unwrap(),
+            org: org.clone(),
+            user: user.clone(),
+            name: "n".to_string(),
+            prefix: "sk_abcd".to_string(),
+            hash: TokenHash([1; 32]),
+            scopes: vec![Scope::Sessions],
+            created_at: Timestamp::EPOCH,
+        };
+        assert!(matches!(block_on(store.create_api_key(&key)), Err(IdentityStoreError::NotFound(_))));
+        block_on(store.create_org(&Org { id: org.clone(), name: "o".to_string(), created_at: Timestamp::EPOCH })).unwrap();
+        block_on(store.create_user(&User { id: user.clone(), email: "a@b.c".to_string(), password_hash: None, created_at: Timestamp::EPOCH })).unwrap();
+        block_on(store.create_api_key(&key)).unwrap();
+        let login = LoginSession {
+            id: LoginId::parse("l1").unwrap(),
+            org,
+            user,
+            hash: TokenHash([1; 32]),
+            created_at: Timestamp::EPOCH,
+            expires_at: Timestamp::from_millis(1),
+        };
+        assert!(matches!(block_on(store.create_login(&login)), Err(IdentityStoreError::Conflict(_))));
+        assert!(matches!(block_on(store.delete_login(&login.id)), Err(IdentityStoreError::NotFound(_))));
+    }
+}

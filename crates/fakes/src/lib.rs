@@ -11,6 +11,7 @@ pub mod authenticator;
 pub mod clock;
 pub mod event_bus;
 pub mod identity_store;
+pub mod minter;
 pub mod model_gateway;
 pub mod price_book;
 pub mod repo_host;

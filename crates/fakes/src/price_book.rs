@@ -62,9 +62,17 @@ mod tests {
 
     #[test]
     fn prices_only_what_it_was_given_per_provider() {
-        let a = Price { input_per_mtok_micros: 1_000_000, output_per_mtok_micros: 2_000_000 };
-        let b = Price { input_per_mtok_micros: 3_000_000, output_per_mtok_micros: 4_000_000 };
-        let book = InMemoryPriceBook::new().with_price(m("groq/llama-3"), a).with_price(m("together/llama-3"), b);
+        let a = Price {
+            input_per_mtok_micros: 1_000_000,
+            output_per_mtok_micros: 2_000_000,
+        };
+        let b = Price {
+            input_per_mtok_micros: 3_000_000,
+            output_per_mtok_micros: 4_000_000,
+        };
+        let book = InMemoryPriceBook::new()
+            .with_price(m("groq/llama-3"), a)
+            .with_price(m("together/llama-3"), b);
         block_on(async {
             assert_eq!(book.price(&m("groq/llama-3")).await.unwrap(), Some(a));
             assert_eq!(book.price(&m("together/llama-3")).await.unwrap(), Some(b));

@@ -44,7 +44,11 @@ impl InMemorySessionStore {
 
     /// How many events are stored under `key` (0 for an unknown key).
     pub fn event_count(&self, key: &SessionKey) -> usize {
-        self.sessions.lock().unwrap().get(key).map_or(0, |s| s.events.len())
+        self.sessions
+            .lock()
+            .unwrap()
+            .get(key)
+            .map_or(0, |s| s.events.len())
     }
 }
 
@@ -87,7 +91,9 @@ impl SessionStore for InMemorySessionStore {
         }
         // Removals first, then puts: a commit that both removes and re-puts a run keeps the record
         // (losing a ledger record would be worse than flushing it twice; `record` is idempotent).
-        stored.outbox.retain(|r| !commit.outbox_remove.contains(&r.run_id));
+        stored
+            .outbox
+            .retain(|r| !commit.outbox_remove.contains(&r.run_id));
         for record in &commit.outbox_put {
             match stored.outbox.iter_mut().find(|r| r.run_id == record.run_id) {
                 Some(existing) => *existing = record.clone(),
@@ -109,14 +115,27 @@ impl SessionStore for InMemorySessionStore {
         let active_run_events = match Session::active_run_first_seq(&snapshot) {
             Some((run_id, first_seq)) => {
                 let start = stored.events.partition_point(|e| e.seq < first_seq);
-                stored.events[start..].iter().filter(|e| e.run_id.as_ref() == Some(&run_id)).cloned().collect()
+                stored.events[start..]
+                    .iter()
+                    .filter(|e| e.run_id.as_ref() == Some(&run_id))
+                    .cloned()
+                    .collect()
             }
             None => Vec::new(),
         };
-        Ok(Some(Persisted { snapshot, outbox: stored.outbox.clone(), active_run_events }))
+        Ok(Some(Persisted {
+            snapshot,
+            outbox: stored.outbox.clone(),
+            active_run_events,
+        }))
     }
 
-    async fn events(&self, key: &SessionKey, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, SessionStoreError> {
+    async fn events(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, SessionStoreError> {
         let sessions = self.sessions.lock().unwrap();
         let Some(stored) = sessions.get(key) else {
             return Ok(Vec::new());
@@ -127,7 +146,11 @@ impl SessionStore for InMemorySessionStore {
 
     async fn list(&self, org: &OrgId) -> Result<Vec<SessionId>, SessionStoreError> {
         let sessions = self.sessions.lock().unwrap();
-        Ok(sessions.iter().filter(|(k, s)| k.org() == org && s.snapshot.is_some()).map(|(k, _)| k.session().clone()).collect())
+        Ok(sessions
+            .iter()
+            .filter(|(k, s)| k.org() == org && s.snapshot.is_some())
+            .map(|(k, _)| k.session().clone())
+            .collect())
     }
 }
 
@@ -138,7 +161,10 @@ mod tests {
     use switchboard_core::Timestamp;
 
     fn key(org: &str, session: &str) -> SessionKey {
-        SessionKey::from_host_storage(OrgId::parse(org).unwrap(), SessionId::parse(session).unwrap())
+        SessionKey::from_host_storage(
+            OrgId::parse(org).unwrap(),
+            SessionId::parse(session).unwrap(),
+        )
     }
 
     fn event(seq: u64) -> EventEnvelope {
@@ -147,7 +173,9 @@ mod tests {
             run_id: None,
             at: Timestamp::from_millis(seq),
             critical: false,
-            event: Event::MessageDelta { text: format!("e{seq}") },
+            event: Event::MessageDelta {
+                text: format!("e{seq}"),
+            },
         }
     }
 
@@ -160,7 +188,7 @@ mod tests {
     }
 
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-        futures::executor::block_on(f)
+        futures::FutureExt::now_or_never(f).expect("in-memory fakes never wait")
     }
 
     #[test]
@@ -170,13 +198,26 @@ mod tests {
         block_on(store.commit(&k, &commit(1..=2, 1))).unwrap();
         let gap = block_on(store.commit(&k, &commit(4..=5, 2))).unwrap_err();
         assert!(matches!(gap, SessionStoreError::Conflict(_)));
-        let inner_gap = Commit { events: vec![event(3), event(5)], ..Commit::default() };
-        assert!(matches!(block_on(store.commit(&k, &inner_gap)), Err(SessionStoreError::Invalid(_))));
+        let inner_gap = Commit {
+            events: vec![event(3), event(5)],
+            ..Commit::default()
+        };
+        assert!(matches!(
+            block_on(store.commit(&k, &inner_gap)),
+            Err(SessionStoreError::Invalid(_))
+        ));
         let loaded = block_on(store.load(&k)).unwrap().unwrap();
         assert_eq!(loaded.snapshot.0["v"], 1);
         assert_eq!(store.event_count(&k), 2);
         block_on(store.commit(&k, &commit(3..=3, 3))).unwrap();
-        assert_eq!(block_on(store.events(&k, 1, 10)).unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            block_on(store.events(&k, 1, 10))
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![2, 3]
+        );
     }
 
     #[test]
@@ -184,8 +225,18 @@ mod tests {
         let store = InMemorySessionStore::new();
         block_on(store.commit(&key("o1", "a"), &commit(1..=1, 1))).unwrap();
         block_on(store.commit(&key("o2", "b"), &commit(1..=1, 1))).unwrap();
-        block_on(store.commit(&key("o1", "c"), &Commit { events: vec![event(1)], ..Commit::default() })).unwrap();
-        assert_eq!(block_on(store.list(&OrgId::parse("o1").unwrap())).unwrap(), vec![SessionId::parse("a").unwrap()]);
+        block_on(store.commit(
+            &key("o1", "c"),
+            &Commit {
+                events: vec![event(1)],
+                ..Commit::default()
+            },
+        ))
+        .unwrap();
+        assert_eq!(
+            block_on(store.list(&OrgId::parse("o1").unwrap())).unwrap(),
+            vec![SessionId::parse("a").unwrap()]
+        );
         assert_eq!(block_on(store.load(&key("o1", "c"))).unwrap(), None);
     }
 }

@@ -1,1 +1,681 @@
-//! The runtime-agnostic session shell (being written).
+//! The session shell every `SessionHost` shares: one [`SessionRuntime`] owns one session's machine,
+//! carries out the machine's effects through the ports, and keeps the connections' outboxes.
+//!
+//! A host (the in-memory fake, the tokio host, a Durable Object host) only decides where a runtime
+//! lives and when it runs. It must:
+//! - call one runtime from one place at a time (a lock, a task, a Durable Object);
+//! - after every call, take [`SessionRuntime::take_deferred`] and run those futures (inline, on
+//!   tasks, with `waitUntil`…), handing each one's [`Completion`] back to
+//!   [`SessionRuntime::complete`];
+//! - keep one timer at [`SessionRuntime::poll_deadline`] and call [`SessionRuntime::tick`] when it
+//!   fires;
+//! - drop the runtime when [`SessionRuntime::is_hibernating`] says so and no deferred future is
+//!   still running; the next request rebuilds it with [`SessionRuntime::rehydrate`].
+//!
+//! How each effect maps to the ports ("inline" = carried out before the call returns, in the
+//! machine's order; "deferred" = a future the host runs, whose answer comes back through
+//! `complete`):
+//!
+//! | effect | carried out |
+//! |---|---|
+//! | `Persist` | inline: `SessionStore::commit`, tried up to [`PERSIST_ATTEMPTS`] times on transient errors. A final failure feeds `StoreFailed`; no later commit of this runtime is attempted, every client is dropped, and the calling request fails. |
+//! | `Deliver`, `Resend` | inline, into the clients' bounded outboxes. An event goes out only once it is durable. A client whose outbox is full is dropped (channel closed, `ClientDetached` fed): a slow client never stalls the session. |
+//! | `Replay` | deferred: pages `SessionStore::events` into the client's outbox, waiting for that client to read; live frames for it are held until the replay is through. |
+//! | `AcceptSandbox`, `RejectSandbox`, `CloseSandbox` | inline: mark the sandbox outbox accepted, or close it. |
+//! | `SendToSandbox` | inline, into the sandbox outbox; a full outbox closes the socket (`SandboxDisconnected` fed). |
+//! | `SpawnSandbox` | inline: mint a token and feed `SandboxTokenIssued`; deferred: `SandboxProvider::spawn` → `SpawnResult`. |
+//! | `TerminateSandbox` | deferred: `SandboxProvider::terminate`, a few tries; an unknown sandbox counts as ended. |
+//! | `DispatchRun` | deferred: `PriceBook::price` and `ModelGateway::resolve`; then inline: the `run` frame, then `DispatchResult`. |
+//! | `RecordRun` | deferred: `RunLedger::record` → `RunRecorded`. |
+//! | `Publish`, `Audit` | inline, best effort: `EventBus::publish`, `AuditLog::append`; a failure is counted ([`SessionRuntime::best_effort_failures`]), never fed back. |
+//! | `Hibernate` | a flag: [`SessionRuntime::is_hibernating`]. |
+//!
+//! Inputs the shell itself owes the machine while carrying out effects (`SandboxTokenIssued`,
+//! `StoreFailed`, `ClientDetached`, `SandboxDisconnected`) are fed after the effects already queued,
+//! never re-entrantly.
+//!
+//! Architecture Invariant: no tokio here. Channels are `futures::channel::mpsc`, slow work is a
+//! `BoxFuture`, time comes from the `Clock` port; the same runtime runs under any executor.
+
+use crate::agent::{ModelGateway, PriceBook};
+use crate::record::{AuditLog, EventBus, RunLedger};
+use crate::sandbox::SandboxProvider;
+use crate::session::{Clock, EventPage, PromptRequest, Queued, SessionHostError, SessionStore, SessionStoreError};
+use crate::{Classify, FromClass, SecretString};
+use futures::channel::mpsc;
+use futures::future::BoxFuture;
+use futures::SinkExt;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use switchboard_core::crypto::TokenHash;
+use switchboard_core::protocol::client::ControlFrame;
+use switchboard_core::protocol::{ClientMessage, GatewayConfig, ServerFrame, ServerToSandbox, SpawnSpec, SpawnTimeouts};
+use switchboard_core::run::Price;
+use switchboard_core::session::{
+    Accepted, ClientCommand, Commit, Effect, Input, PortFailure, Rejection, Session, SessionConfig, SessionInfo, SessionInit,
+};
+use switchboard_core::tenancy::{Attribution, SessionKey, TenantContext};
+use switchboard_core::{ConnId, ErrorClass, ModelRef, Principal, RunId, Timestamp, UserId};
+
+/// Tries of one commit before the store counts as failed (transient errors only, back to back:
+/// longer outages are the machine's to handle, through `StoreFailed`).
+pub const PERSIST_ATTEMPTS: u32 = 3;
+/// Tries of one `terminate`; a sandbox that still leaks is ended by the provider's own lifetimes.
+pub const TERMINATE_ATTEMPTS: u32 = 3;
+/// Frames a client may fall behind by before it is dropped (the host may pass another size).
+pub const CLIENT_BUFFER: usize = 256;
+/// Frames the sandbox may fall behind by before its socket is closed.
+pub const SANDBOX_BUFFER: usize = 1024;
+/// Live frames held for a client while its replay streams; more drop the client.
+pub const HELD_FRAMES: usize = 4096;
+/// Events read from the store per replay page.
+pub const REPLAY_PAGE: usize = 256;
+
+/// Randomness and hashing, which the core leaves to the shell.
+pub trait Minter: Send + Sync {
+    /// A fresh one-time sandbox token and its SHA-256.
+    fn sandbox_token(&self) -> (SecretString, TokenHash);
+    /// SHA-256 of a token as presented by a sandbox.
+    fn hash_token(&self, token: &SecretString) -> TokenHash;
+    /// A fresh run id (for prompts arriving on a WebSocket).
+    fn run_id(&self) -> RunId;
+    /// A fresh connection number, unique within the process.
+    fn conn_id(&self) -> ConnId;
+}
+
+/// Everything a session runtime talks to, plus how sessions are configured.
+#[derive(Clone)]
+pub struct SessionPorts {
+    pub store: Arc<dyn SessionStore>,
+    pub sandboxes: Arc<dyn SandboxProvider>,
+    pub gateway: Arc<dyn ModelGateway>,
+    pub prices: Arc<dyn PriceBook>,
+    pub ledger: Arc<dyn RunLedger>,
+    pub bus: Arc<dyn EventBus>,
+    pub audit: Arc<dyn AuditLog>,
+    pub clock: Arc<dyn Clock>,
+    pub minter: Arc<dyn Minter>,
+    /// Where sandboxes dial back, e.g. `ws://127.0.0.1:8080` (see [`SessionPorts::callback_url`]).
+    pub callback_base: String,
+    pub config: SessionConfig,
+}
+
+impl SessionPorts {
+    /// `{callback_base}/sandbox/v1/sessions/{org}/{session}/ws`.
+    pub fn callback_url(&self, key: &SessionKey) -> String {
+        format!("{}/sandbox/v1/sessions/{}/{}/ws", self.callback_base.trim_end_matches('/'), key.org(), key.session())
+    }
+}
+
+/// Slow work left behind by a call; run it anywhere and hand its output to
+/// [`SessionRuntime::complete`].
+pub type Deferred = BoxFuture<'static, Completion>;
+
+/// What a finished [`Deferred`] hands back to its runtime.
+pub struct Completion(Done);
+
+enum Done {
+    /// Feed this port answer to the machine.
+    Answer(Input),
+    /// The gateway and price of a run are resolved (or not): send `run`, then `DispatchResult`.
+    Dispatch { conn: ConnId, run_id: RunId, text: String, model: ModelRef, resolved: Result<(GatewayConfig, Option<Price>), PortFailure> },
+    /// A replay into `conn` is through (`complete`) or broke off.
+    Replayed { conn: ConnId, complete: bool },
+    /// Nothing comes back (terminate).
+    Nothing,
+}
+
+struct ClientOutbox {
+    tx: mpsc::Sender<ServerFrame>,
+    /// Live frames waiting behind a replay that is still streaming into `tx`.
+    held: Option<VecDeque<ServerFrame>>,
+}
+
+struct SandboxOutbox {
+    tx: mpsc::Sender<ServerToSandbox>,
+    /// The machine accepted the socket's token.
+    accepted: bool,
+}
+
+/// One live session: its machine, its ports and its connections. See the module docs.
+pub struct SessionRuntime {
+    ports: SessionPorts,
+    machine: Session,
+    clients: BTreeMap<ConnId, ClientOutbox>,
+    sandboxes: BTreeMap<ConnId, SandboxOutbox>,
+    deferred: Vec<Deferred>,
+    /// Inputs owed to the machine, fed once the effects already queued are carried out.
+    owed: VecDeque<Input>,
+    /// The highest seq known to be in the store: nothing above it is shown to a client.
+    durable_seq: u64,
+    /// Set by the first commit that could not be persisted; nothing is written after it.
+    store_failure: Option<PortFailure>,
+    /// A commit of the current call was not persisted.
+    call_lost_commit: bool,
+    hibernating: bool,
+    best_effort_failures: u64,
+}
+
+impl SessionRuntime {
+    /// Starts a new session (`Input::Start`: its first events and its first spawn). The caller has
+    /// made sure the key is new ([`SessionRuntime::rehydrate`] found nothing). Fails when the first
+    /// commit cannot be persisted, with the store's class.
+    pub async fn create(ports: SessionPorts, init: SessionInit) -> Result<SessionRuntime, Rejection> {
+        let machine = Session::new(ports.clock.now(), ports.config.clone(), init);
+        let mut runtime = SessionRuntime::around(ports, machine, 0);
+        runtime.handle(Input::Start).await?;
+        Ok(runtime)
+    }
+
+    /// Rebuilds a session from the store, and carries out what the restore calls for (flushing the
+    /// ledger outbox again). `None` when the store has no such session; a store failure has the
+    /// store's class, an unreadable snapshot is `Corrupt`.
+    pub async fn rehydrate(ports: SessionPorts, key: SessionKey) -> Result<Option<SessionRuntime>, Rejection> {
+        let persisted = match ports.store.load(&key).await {
+            Ok(Some(persisted)) => persisted,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(store_rejection(&e)),
+        };
+        let machine = Session::restore(ports.clock.now(), ports.config.clone(), persisted)?;
+        if machine.key() != &key {
+            return Err(rejection(ErrorClass::Corrupt, "foreign_snapshot", format!("the snapshot stored under {key} names {}", machine.key())));
+        }
+        let durable_seq = machine.last_seq();
+        let mut runtime = SessionRuntime::around(ports, machine, durable_seq);
+        runtime.carry_out_effects().await;
+        Ok(Some(runtime))
+    }
+
+    fn around(ports: SessionPorts, machine: Session, durable_seq: u64) -> SessionRuntime {
+        SessionRuntime {
+            ports,
+            machine,
+            clients: BTreeMap::new(),
+            sandboxes: BTreeMap::new(),
+            deferred: Vec::new(),
+            owed: VecDeque::new(),
+            durable_seq,
+            store_failure: None,
+            call_lost_commit: false,
+            hibernating: false,
+            best_effort_failures: 0,
+        }
+    }
+
+    pub fn key(&self) -> &SessionKey {
+        self.machine.key()
+    }
+
+    /// The machine, to read its state.
+    pub fn machine(&self) -> &Session {
+        &self.machine
+    }
+
+    pub fn info(&self) -> SessionInfo {
+        self.machine.info()
+    }
+
+    /// When [`SessionRuntime::tick`] has something to do.
+    pub fn poll_deadline(&self) -> Option<Timestamp> {
+        self.machine.poll_deadline()
+    }
+
+    /// The machine hibernated and nothing happened since: the host may drop this runtime (once
+    /// its deferred futures are done).
+    pub fn is_hibernating(&self) -> bool {
+        self.hibernating
+    }
+
+    /// The store failure that stopped this runtime from writing, if one did.
+    pub fn store_failure(&self) -> Option<&PortFailure> {
+        self.store_failure.as_ref()
+    }
+
+    /// How many best-effort calls (`publish`, `audit`) failed so far.
+    pub fn best_effort_failures(&self) -> u64 {
+        self.best_effort_failures
+    }
+
+    /// The slow work left by the calls so far. Run each and hand its output to `complete`.
+    pub fn take_deferred(&mut self) -> Vec<Deferred> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Feeds one input and carries out its effects. A machine refusal comes back unchanged; an
+    /// accepted input whose commit could not be persisted fails with the store's class (so that,
+    /// e.g., a prompt is never acknowledged before it is durable).
+    pub async fn handle(&mut self, input: Input) -> Result<Accepted, Rejection> {
+        self.call_lost_commit = false;
+        let accepted = self.feed(input)?;
+        self.carry_out_effects().await;
+        if self.call_lost_commit {
+            let failure = self.store_failure.clone().unwrap_or_else(|| PortFailure::new(ErrorClass::Unavailable, "not persisted"));
+            return Err(rejection(failure.class, "store_failed", failure.message));
+        }
+        Ok(accepted)
+    }
+
+    /// Fires the watchdog if its deadline has come (calling early does nothing).
+    pub async fn tick(&mut self) {
+        if self.poll_deadline().is_some_and(|at| at <= self.ports.clock.now()) {
+            let _ = self.handle(Input::Tick).await;
+        }
+    }
+
+    /// Takes back the output of a [`Deferred`].
+    pub async fn complete(&mut self, completion: Completion) {
+        match completion.0 {
+            Done::Answer(input) => self.owed.push_back(input),
+            Done::Dispatch { conn, run_id, text, model, resolved } => {
+                let result = match resolved {
+                    Ok((gateway, price)) => {
+                        let run = ServerToSandbox::Run { run_id: run_id.clone(), text, model, gateway };
+                        if self.send_to_sandbox(conn, run) {
+                            Ok(price)
+                        } else {
+                            Err(PortFailure::new(ErrorClass::Unavailable, "the sandbox connection closed before the run could be sent"))
+                        }
+                    }
+                    Err(failure) => Err(failure),
+                };
+                self.owed.push_back(Input::DispatchResult { run_id, result });
+            }
+            Done::Replayed { conn, complete } => {
+                if !complete {
+                    self.drop_client(conn);
+                } else if let Some(held) = self.clients.get_mut(&conn).and_then(|outbox| outbox.held.take()) {
+                    for frame in held {
+                        self.send_to_client(conn, frame);
+                    }
+                }
+            }
+            Done::Nothing => {}
+        }
+        self.carry_out_effects().await;
+    }
+
+    /// A prompt over HTTP: `Queued` once it is durable (a re-sent `client_msg_id` answers the
+    /// original run).
+    pub async fn prompt(&mut self, by: Attribution, request: PromptRequest) -> Result<Queued, Rejection> {
+        let PromptRequest { run_id, text, client_msg_id } = request;
+        match self.handle(Input::Prompt { run_id, by, text, client_msg_id, conn: None }).await? {
+            Accepted::Queued { run_id, position, .. } => Ok(Queued { run_id, position }),
+            Accepted::Done => Err(rejection(ErrorClass::Conflict, "not_queued", "the session did not queue the prompt")),
+        }
+    }
+
+    /// Attaches a client that has every event with seq > `after` (none when `None`). Its outbox is
+    /// registered before the machine hears of it, so the hello and the replay reach it. `buffer`
+    /// is how far (in frames) it may fall behind live events before it is dropped.
+    pub async fn attach_client(&mut self, after: Option<u64>, buffer: usize) -> Result<(ConnId, mpsc::Receiver<ServerFrame>), Rejection> {
+        let conn = self.ports.minter.conn_id();
+        let (tx, rx) = mpsc::channel(buffer);
+        self.clients.insert(conn, ClientOutbox { tx, held: None });
+        if let Err(refused) = self.handle(Input::ClientAttached { conn, after }).await {
+            self.detach_client(conn).await;
+            return Err(refused);
+        }
+        Ok((conn, rx))
+    }
+
+    /// A frame from an attached client. A prompt gets a fresh run id from the minter. Input the
+    /// machine refuses is answered on the client's stream with an `error` frame (its `code` is the
+    /// refusal's), not as an `Err`: `Err` means the connection itself is unknown.
+    pub async fn client_message(&mut self, conn: ConnId, by: &Attribution, message: ClientMessage) -> Result<(), Rejection> {
+        if !self.clients.contains_key(&conn) {
+            return Err(rejection(ErrorClass::NotFound, "unknown_connection", format!("{conn} is not attached")));
+        }
+        let command = |command| Input::ClientCommand { conn, command };
+        let input = match message {
+            ClientMessage::Prompt { text, client_msg_id } => {
+                Input::Prompt { run_id: self.ports.minter.run_id(), by: by.clone(), text, client_msg_id, conn: Some(conn) }
+            }
+            ClientMessage::Cancel { run_id } => command(ClientCommand::Cancel { run_id }),
+            ClientMessage::Ack { seq } => command(ClientCommand::Ack { seq }),
+            ClientMessage::Permission { request_id, decision } => command(ClientCommand::Permission { request_id, decision }),
+            ClientMessage::Ping { .. } => command(ClientCommand::Ping),
+        };
+        if let Err(refused) = self.handle(input).await {
+            let error = ControlFrame::Error { code: refused.code.to_string(), message: refused.message };
+            self.send_to_client(conn, ServerFrame::Control(error));
+            self.carry_out_effects().await;
+        }
+        Ok(())
+    }
+
+    /// The client went away (idempotent).
+    pub async fn detach_client(&mut self, conn: ConnId) {
+        self.drop_client(conn);
+        self.carry_out_effects().await;
+    }
+
+    /// A sandbox dialled back with `token`. `Unauthorized` (nothing changed) unless the machine
+    /// accepts the token's hash.
+    pub async fn attach_sandbox(&mut self, token: &SecretString) -> Result<(ConnId, mpsc::Receiver<ServerToSandbox>), Rejection> {
+        let conn = self.ports.minter.conn_id();
+        let token_hash = self.ports.minter.hash_token(token);
+        let (tx, rx) = mpsc::channel(SANDBOX_BUFFER);
+        self.sandboxes.insert(conn, SandboxOutbox { tx, accepted: false });
+        let fed = self.handle(Input::SandboxConnect { conn, token_hash }).await;
+        let accepted = self.sandboxes.get(&conn).is_some_and(|outbox| outbox.accepted);
+        match fed {
+            Ok(_) if accepted => Ok((conn, rx)),
+            Ok(_) => {
+                self.detach_sandbox(conn).await;
+                Err(rejection(ErrorClass::Unauthorized, "sandbox_token_rejected", "the sandbox token is wrong, stale or already replaced"))
+            }
+            Err(refused) => {
+                self.detach_sandbox(conn).await;
+                Err(refused)
+            }
+        }
+    }
+
+    /// A frame from a sandbox socket. `NotFound` when the socket is no longer attached.
+    pub async fn sandbox_message(&mut self, conn: ConnId, message: switchboard_core::protocol::SandboxMessage) -> Result<(), Rejection> {
+        if !self.sandboxes.contains_key(&conn) {
+            return Err(rejection(ErrorClass::NotFound, "unknown_connection", format!("{conn} is not attached")));
+        }
+        self.handle(Input::SandboxMessage { conn, message }).await.map(|_| ())
+    }
+
+    /// The sandbox socket went away (idempotent).
+    pub async fn detach_sandbox(&mut self, conn: ConnId) {
+        self.drop_sandbox(conn);
+        self.carry_out_effects().await;
+    }
+
+    /// A page of the durable event log, with the last durable seq. The read does not need the
+    /// runtime once started.
+    pub fn events(&self, after: u64, limit: usize) -> impl std::future::Future<Output = Result<EventPage, Rejection>> + Send + 'static {
+        let (store, key, last_seq) = (self.ports.store.clone(), self.key().clone(), self.durable_seq);
+        async move {
+            let events = store.events(&key, after, limit).await.map_err(|e| store_rejection(&e))?;
+            Ok(EventPage { events, last_seq })
+        }
+    }
+
+    // ----- carrying out effects --------------------------------------------------------------
+
+    /// Feeds the machine; an accepted input clears the hibernation flag (a new `Hibernate` may
+    /// follow among its effects).
+    fn feed(&mut self, input: Input) -> Result<Accepted, Rejection> {
+        let accepted = self.machine.handle(self.ports.clock.now(), input)?;
+        self.hibernating = false;
+        Ok(accepted)
+    }
+
+    /// Drains the machine's effects, then feeds what the shell owes it, until both are empty.
+    async fn carry_out_effects(&mut self) {
+        loop {
+            while let Some(effect) = self.machine.poll_effect() {
+                self.carry_out(effect).await;
+            }
+            let Some(input) = self.owed.pop_front() else { break };
+            // A late answer (an old spawn, a run that already ended) may be refused: nothing changes.
+            let _ = self.feed(input);
+        }
+    }
+
+    async fn carry_out(&mut self, effect: Effect) {
+        match effect {
+            Effect::Persist(commit) => self.persist(commit).await,
+            Effect::Deliver { to, frame } => {
+                if self.is_durable(&frame) {
+                    for conn in to {
+                        self.send_to_client(conn, frame.clone());
+                    }
+                }
+            }
+            Effect::Resend { to, events } => {
+                let durable_seq = self.durable_seq;
+                for event in events.into_iter().filter(|e| e.seq <= durable_seq) {
+                    for conn in &to {
+                        self.send_to_client(*conn, ServerFrame::Event(event.clone()));
+                    }
+                }
+            }
+            Effect::Replay { conn, after, through } => self.replay(conn, after, through),
+            Effect::AcceptSandbox { conn } => {
+                if let Some(outbox) = self.sandboxes.get_mut(&conn) {
+                    outbox.accepted = true;
+                }
+            }
+            Effect::RejectSandbox { conn } | Effect::CloseSandbox { conn } => {
+                // The machine made this decision itself: it needs no `SandboxDisconnected`.
+                if let Some(mut outbox) = self.sandboxes.remove(&conn) {
+                    outbox.tx.close_channel();
+                }
+            }
+            Effect::SendToSandbox { conn, message } => {
+                self.send_to_sandbox(conn, message);
+            }
+            Effect::DispatchRun { conn, run_id, text, model } => self.dispatch(conn, run_id, text, model),
+            Effect::SpawnSandbox { spawn, request } => {
+                let (token, token_hash) = self.ports.minter.sandbox_token();
+                self.owed.push_back(Input::SandboxTokenIssued { spawn, token_hash });
+                let key = self.key();
+                let spec = SpawnSpec {
+                    session_key: key.to_string(),
+                    callback_url: self.ports.callback_url(key),
+                    token: token.expose().to_string(),
+                    agent: request.agent,
+                    repo: request.repo,
+                    env: BTreeMap::new(),
+                    timeouts: SpawnTimeouts { idle_s: request.idle_s, max_s: request.max_s },
+                };
+                let provider = self.ports.sandboxes.clone();
+                self.defer(async move {
+                    let result = provider.spawn(&spec).await.map_err(|e| e.to_failure());
+                    Completion(Done::Answer(Input::SpawnResult { spawn, result }))
+                });
+            }
+            Effect::TerminateSandbox { sandbox_id } => {
+                let provider = self.ports.sandboxes.clone();
+                self.defer(async move {
+                    for _ in 0..TERMINATE_ATTEMPTS {
+                        match provider.terminate(&sandbox_id).await {
+                            Err(e) if e.class().is_transient() => continue,
+                            // Done, already gone (`NotFound`), or refused for good.
+                            _ => break,
+                        }
+                    }
+                    Completion(Done::Nothing)
+                });
+            }
+            Effect::RecordRun(record) => {
+                let ledger = self.ports.ledger.clone();
+                self.defer(async move {
+                    let result = ledger.record(&record).await.map(|_| ()).map_err(|e| e.to_failure());
+                    Completion(Done::Answer(Input::RunRecorded { run_id: record.run_id, result }))
+                });
+            }
+            Effect::Publish(event) => {
+                if self.ports.bus.publish(&event).await.is_err() {
+                    self.best_effort_failures += 1;
+                }
+            }
+            Effect::Audit(entry) => {
+                if self.ports.audit.append(&entry).await.is_err() {
+                    self.best_effort_failures += 1;
+                }
+            }
+            Effect::Hibernate => self.hibernating = true,
+        }
+    }
+
+    fn defer(&mut self, work: impl std::future::Future<Output = Completion> + Send + 'static) {
+        self.deferred.push(Box::pin(work));
+    }
+
+    /// Writes one commit. After a failure nothing more is written: a later commit would leave
+    /// the snapshot ahead of the log.
+    async fn persist(&mut self, commit: Commit) {
+        if self.store_failure.is_some() {
+            self.call_lost_commit = true;
+            return;
+        }
+        match commit_with_retries(self.ports.store.clone(), self.key().clone(), &commit).await {
+            Ok(()) => {
+                if let Some(last) = commit.events.last() {
+                    self.durable_seq = last.seq;
+                }
+            }
+            Err(e) => {
+                let failure = e.to_failure();
+                self.store_failure = Some(failure.clone());
+                self.call_lost_commit = true;
+                self.owed.push_back(Input::StoreFailed { failure });
+                // Nothing they could be shown from now on would be durable: they reconnect and
+                // resume from what the store holds.
+                let conns: Vec<ConnId> = self.clients.keys().copied().collect();
+                for conn in conns {
+                    self.drop_client(conn);
+                }
+            }
+        }
+    }
+
+    fn is_durable(&self, frame: &ServerFrame) -> bool {
+        match frame {
+            ServerFrame::Event(event) => event.seq <= self.durable_seq,
+            ServerFrame::Control(_) => true,
+        }
+    }
+
+    /// Queues a frame for a client, or drops the client when it has fallen too far behind.
+    fn send_to_client(&mut self, conn: ConnId, frame: ServerFrame) {
+        let Some(outbox) = self.clients.get_mut(&conn) else { return };
+        let queued = match outbox.held.as_mut() {
+            Some(held) if held.len() < HELD_FRAMES => {
+                held.push_back(frame);
+                true
+            }
+            Some(_) => false,
+            None => outbox.tx.try_send(frame).is_ok(),
+        };
+        if !queued {
+            self.drop_client(conn);
+        }
+    }
+
+    /// Closes a client's stream and tells the machine (once).
+    fn drop_client(&mut self, conn: ConnId) {
+        if let Some(mut outbox) = self.clients.remove(&conn) {
+            // Closing (not just dropping) also stops a replay that holds a clone of the sender.
+            outbox.tx.close_channel();
+            self.owed.push_back(Input::ClientDetached { conn });
+        }
+    }
+
+    /// Streams persisted events `after < seq <= through` into the client's outbox at the pace the
+    /// client reads; live frames wait in `held` meanwhile.
+    fn replay(&mut self, conn: ConnId, after: u64, through: u64) {
+        let Some(outbox) = self.clients.get_mut(&conn) else { return };
+        outbox.held.get_or_insert_with(VecDeque::new);
+        let mut tx = outbox.tx.clone();
+        let store = self.ports.store.clone();
+        let key = self.key().clone();
+        self.defer(async move {
+            let mut seen = after;
+            while seen < through {
+                let Ok(page) = store.events(&key, seen, REPLAY_PAGE).await else { break };
+                if page.is_empty() {
+                    break;
+                }
+                for event in page.into_iter().take_while(|e| e.seq <= through) {
+                    // A gap in the log would break "every event exactly once": give up instead.
+                    if event.seq != seen + 1 || tx.send(ServerFrame::Event(event)).await.is_err() {
+                        return Completion(Done::Replayed { conn, complete: false });
+                    }
+                    seen += 1;
+                }
+            }
+            Completion(Done::Replayed { conn, complete: seen >= through })
+        });
+    }
+
+    /// Queues a frame for a sandbox; a socket that fell too far behind (or is gone) is closed.
+    fn send_to_sandbox(&mut self, conn: ConnId, message: ServerToSandbox) -> bool {
+        let Some(outbox) = self.sandboxes.get_mut(&conn) else { return false };
+        if outbox.tx.try_send(message).is_ok() {
+            return true;
+        }
+        self.drop_sandbox(conn);
+        false
+    }
+
+    /// Closes a sandbox socket from the shell's side and tells the machine if it had accepted it.
+    fn drop_sandbox(&mut self, conn: ConnId) {
+        if let Some(mut outbox) = self.sandboxes.remove(&conn) {
+            outbox.tx.close_channel();
+            if outbox.accepted {
+                self.owed.push_back(Input::SandboxDisconnected { conn });
+            }
+        }
+    }
+
+    /// Resolves what the run needs (price first: a run whose cost cannot be known fails rather
+    /// than being recorded as free), then hands it back to be sent in order with other frames.
+    fn dispatch(&mut self, conn: ConnId, run_id: RunId, text: String, model: ModelRef) {
+        let (prices, gateway) = (self.ports.prices.clone(), self.ports.gateway.clone());
+        let tenant = actor_tenant(self.key());
+        self.defer(async move {
+            let resolved = async {
+                let price = prices.price(&model).await.map_err(|e| e.to_failure())?;
+                let config = gateway.resolve(&tenant, &run_id, &model).await.map_err(|e| e.to_failure())?;
+                Ok((config, price))
+            }
+            .await;
+            Completion(Done::Dispatch { conn, run_id, text, model, resolved })
+        });
+    }
+}
+
+/// Commits, retrying transient failures. (Free functions: the runtime is `Send` but not `Sync`,
+/// so its futures never hold `&self` across an await.)
+async fn commit_with_retries(store: Arc<dyn SessionStore>, key: SessionKey, commit: &Commit) -> Result<(), SessionStoreError> {
+    let mut attempt = 1;
+    loop {
+        let error = match store.commit(&key, commit).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // A retry refused as a seq conflict may mean an earlier try landed but its answer was lost.
+        if attempt > 1 && error.class() == ErrorClass::Conflict && landed(&*store, &key, commit).await {
+            return Ok(());
+        }
+        if !error.class().is_transient() || attempt >= PERSIST_ATTEMPTS {
+            return Err(error);
+        }
+        attempt += 1;
+    }
+}
+
+/// Whether the last event of `commit` is in the store as written (commits are atomic).
+async fn landed(store: &dyn SessionStore, key: &SessionKey, commit: &Commit) -> bool {
+    let Some(last) = commit.events.last() else { return false };
+    matches!(store.events(key, last.seq - 1, 1).await, Ok(page) if page.first() == Some(last))
+}
+
+/// The tenant a session actor acts for: the org its key was built from. The core only hands out a
+/// `TenantContext` through a `Principal`, so the actor names itself (no scopes) to get one.
+fn actor_tenant(key: &SessionKey) -> TenantContext {
+    let actor = UserId::parse("session-actor").expect("a valid user id");
+    Principal::from_verified_credential(key.org().clone(), actor, None, Vec::new()).tenant()
+}
+
+fn rejection(class: ErrorClass, code: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection { class, code, message: message.into() }
+}
+
+fn store_rejection(e: &SessionStoreError) -> Rejection {
+    rejection(e.class(), "store_failed", e.to_string())
+}
+
+/// A machine refusal as the host port's error: same class, `code: message` as the message.
+impl From<Rejection> for SessionHostError {
+    fn from(refused: Rejection) -> Self {
+        SessionHostError::from_class(refused.class, refused.to_string())
+    }
+}

@@ -12,13 +12,30 @@ use crate::model::ModelRef;
 use crate::protocol::client::ControlFrame;
 use crate::protocol::events::{Event, EventEnvelope, SandboxStatus, SessionStatus, TerminalStatus};
 use crate::protocol::ServerFrame;
-use crate::run::RunRecord;
+use crate::run::{RunRecord, RunState};
 use crate::tenancy::SessionKey;
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// One session's state machine. See the module docs of `session` for how to drive it.
+///
+/// What the shell owes the machine:
+/// - Carry out effects in the order `poll_effect` returns them. Each `handle` call yields at most
+///   one [`Effect::Persist`], always first; nothing after it may happen before it is durable.
+///   When it cannot be made durable, feed [`Input::StoreFailed`] (the machine fails closed).
+/// - Answer every [`Effect::SpawnSandbox`] with [`Input::SandboxTokenIssued`] (at once) and
+///   [`Input::SpawnResult`]; every [`Effect::DispatchRun`] with [`Input::DispatchResult`]; every
+///   [`Effect::RecordRun`] with [`Input::RunRecorded`]. A `RecordRun` left unanswered for
+///   `ledger_retry_max` is sent again (the ledger is idempotent on run id).
+/// - Arm one timer at [`Session::poll_deadline`] after each call and feed [`Input::Tick`] when it
+///   fires. An early tick does nothing.
+/// - After [`Session::restore`], drain `poll_effect` before feeding inputs: outbox records go out
+///   to the ledger again.
+///
+/// Timers that are not persisted (run idle, sandbox idle, critical re-send, hibernation, ledger
+/// retries) restart from the restore time; spawn, reconnect, cancel and permission deadlines are
+/// persisted as timestamps.
 #[derive(Debug)]
 pub struct Session {
     pub(super) key: SessionKey,
@@ -79,8 +96,16 @@ pub(super) fn later(now: Timestamp, d: Duration) -> Timestamp {
     now.add(d.max(Duration::from_millis(1)))
 }
 
-pub(super) fn rejection(class: ErrorClass, code: &'static str, message: impl Into<String>) -> Rejection {
-    Rejection { class, code, message: message.into() }
+pub(super) fn rejection(
+    class: ErrorClass,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Rejection {
+    Rejection {
+        class,
+        code,
+        message: message.into(),
+    }
 }
 
 impl Session {
@@ -141,11 +166,22 @@ impl Session {
     /// No client is attached afterwards, and a sandbox that was connected counts as disconnected
     /// from `now` (it has the reconnect grace to dial back). Drain [`Session::poll_effect`] next:
     /// every outbox entry is flushed to the ledger again (the ledger is idempotent on run id).
-    pub fn restore(now: Timestamp, config: SessionConfig, persisted: Persisted) -> Result<Session, Rejection> {
-        let corrupt = |message: String| rejection(ErrorClass::Corrupt, "unreadable_snapshot", message);
-        let version = persisted.snapshot.0.get("version").and_then(serde_json::Value::as_u64);
+    pub fn restore(
+        now: Timestamp,
+        config: SessionConfig,
+        persisted: Persisted,
+    ) -> Result<Session, Rejection> {
+        let corrupt =
+            |message: String| rejection(ErrorClass::Corrupt, "unreadable_snapshot", message);
+        let version = persisted
+            .snapshot
+            .0
+            .get("version")
+            .and_then(serde_json::Value::as_u64);
         if version != Some(u64::from(SNAPSHOT_VERSION)) {
-            return Err(corrupt(format!("snapshot version {version:?} is not {SNAPSHOT_VERSION}")));
+            return Err(corrupt(format!(
+                "snapshot version {version:?} is not {SNAPSHOT_VERSION}"
+            )));
         }
         let mut state: State = serde_json::from_value(persisted.snapshot.0.clone())
             .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?;
@@ -161,7 +197,11 @@ impl Session {
             let mut events: Vec<EventEnvelope> = persisted
                 .active_run_events
                 .into_iter()
-                .filter(|e| e.run_id.as_ref() == Some(&run.run_id) && e.seq >= run.queued_seq && e.seq < state.next_seq)
+                .filter(|e| {
+                    e.run_id.as_ref() == Some(&run.run_id)
+                        && e.seq >= run.queued_seq
+                        && e.seq < state.next_seq
+                })
                 .collect();
             events.sort_by_key(|e| e.seq);
             events.dedup_by_key(|e| e.seq);
@@ -203,7 +243,12 @@ impl Session {
             effects: VecDeque::new(),
         };
         for record in persisted.outbox {
-            if session.live.outbox.iter().any(|e| e.record.run_id == record.run_id) {
+            if session
+                .live
+                .outbox
+                .iter()
+                .any(|e| e.record.run_id == record.run_id)
+            {
                 continue;
             }
             session.send_to_ledger(now, record, session.config.ledger_retry_initial);
@@ -243,7 +288,9 @@ impl Session {
         let mut deadlines: Vec<Timestamp> = Vec::new();
         match self.state.sandbox.link {
             Link::Spawning { since } => deadlines.push(later(since, config.spawn_timeout)),
-            Link::Reconnecting { since } => deadlines.push(later(since, config.sandbox_reconnect_grace)),
+            Link::Reconnecting { since } => {
+                deadlines.push(later(since, config.sandbox_reconnect_grace))
+            }
             Link::Absent | Link::Connected { .. } => {}
         }
         if let Some(run) = self.state.in_flight.as_ref() {
@@ -269,7 +316,9 @@ impl Session {
             id: self.state.session_id.clone(),
             status: self.status(),
             model: self.state.model.clone(),
-            sandbox: SandboxInfo { status: self.sandbox_status() },
+            sandbox: SandboxInfo {
+                status: self.sandbox_status(),
+            },
             queue_length: u32::try_from(self.queue_len()).unwrap_or(u32::MAX),
             last_seq: self.last_seq(),
             created_at: self.state.created_at,
@@ -323,18 +372,28 @@ impl Session {
             Input::ClientDetached { conn } => {
                 self.live.clients.remove(&conn);
             }
-            Input::ClientCommand { conn, command } => return self.client_command(now, conn, command),
-            Input::Prompt { run_id, by, text, client_msg_id, conn: _ } => {
-                return self.prompt(now, run_id, by, text, client_msg_id)
+            Input::ClientCommand { conn, command } => {
+                return self.client_command(now, conn, command)
             }
+            Input::Prompt {
+                run_id,
+                by,
+                text,
+                client_msg_id,
+                conn: _,
+            } => return self.prompt(now, run_id, by, text, client_msg_id),
             Input::Cancel { run_id } => self.cancel(now, run_id)?,
             Input::Close => self.close(now),
-            Input::SandboxConnect { conn, token_hash } => self.sandbox_connect(now, conn, token_hash),
+            Input::SandboxConnect { conn, token_hash } => {
+                self.sandbox_connect(now, conn, token_hash)
+            }
             Input::SandboxDisconnected { conn } => self.sandbox_disconnected(now, conn),
             Input::SandboxMessage { conn, message } => self.sandbox_message(now, conn, message),
             Input::SandboxTokenIssued { spawn, token_hash } => self.token_issued(spawn, token_hash),
             Input::SpawnResult { spawn, result } => self.spawn_result(now, spawn, result),
-            Input::SandboxExited { sandbox_id, reason } => self.sandbox_exited(now, sandbox_id, reason),
+            Input::SandboxExited { sandbox_id, reason } => {
+                self.sandbox_exited(now, sandbox_id, reason)
+            }
             Input::DispatchResult { run_id, result } => self.dispatch_result(now, run_id, result),
             Input::RunRecorded { run_id, result } => self.run_recorded(now, run_id, result),
             Input::StoreFailed { failure } => self.store_failed(now, failure),
@@ -347,10 +406,21 @@ impl Session {
 
     /// Appends an event: next seq, stamped `now`, delivered to every attached client after the
     /// commit, kept un-ACKed when critical, and added to the run in flight when it is one of its.
-    pub(super) fn emit(&mut self, now: Timestamp, run_id: Option<RunId>, event: Event) -> EventEnvelope {
+    pub(super) fn emit(
+        &mut self,
+        now: Timestamp,
+        run_id: Option<RunId>,
+        event: Event,
+    ) -> EventEnvelope {
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
-        let envelope = EventEnvelope { seq, run_id, at: now, critical: event.is_critical(), event };
+        let envelope = EventEnvelope {
+            seq,
+            run_id,
+            at: now,
+            critical: event.is_critical(),
+            event,
+        };
         if envelope.critical {
             self.state.unacked.push(envelope.clone());
         }
@@ -359,10 +429,18 @@ impl Session {
                 run.events.push(envelope.clone());
             }
         }
-        let to: Vec<ConnId> =
-            self.live.clients.iter().filter(|(_, seen)| seq > **seen).map(|(conn, _)| *conn).collect();
+        let to: Vec<ConnId> = self
+            .live
+            .clients
+            .iter()
+            .filter(|(_, seen)| seq > **seen)
+            .map(|(conn, _)| *conn)
+            .collect();
         if !to.is_empty() {
-            self.live.step.effects.push(Effect::Deliver { to, frame: ServerFrame::Event(envelope.clone()) });
+            self.live.step.effects.push(Effect::Deliver {
+                to,
+                frame: ServerFrame::Event(envelope.clone()),
+            });
         }
         self.live.step.events.push(envelope.clone());
         envelope
@@ -379,7 +457,8 @@ impl Session {
         self.reconcile(now);
         self.rearm_timers(now);
 
-        let snapshot = serde_json::to_value(&self.state).expect("the session state always serializes");
+        let snapshot =
+            serde_json::to_value(&self.state).expect("the session state always serializes");
         let snapshot_changed = snapshot != self.live.persisted_snapshot;
         if snapshot_changed {
             self.live.persisted_snapshot = snapshot;
@@ -387,7 +466,8 @@ impl Session {
         let step = std::mem::take(&mut self.live.step);
         let commit = Commit {
             events: step.events,
-            snapshot: snapshot_changed.then(|| SessionSnapshot(self.live.persisted_snapshot.clone())),
+            snapshot: snapshot_changed
+                .then(|| SessionSnapshot(self.live.persisted_snapshot.clone())),
             outbox_put: step.outbox_put,
             outbox_remove: step.outbox_remove,
         };
@@ -415,7 +495,10 @@ impl Session {
     /// Carries out what the state calls for after any input: dispatch the head of the queue or
     /// spawn a sandbox for it, keep `Ready`/`Running` in step with the run, announce the status.
     fn reconcile(&mut self, now: Timestamp) {
-        if self.state.phase.accepts_work() && self.state.in_flight.is_none() && !self.state.queue.is_empty() {
+        if self.state.phase.accepts_work()
+            && self.state.in_flight.is_none()
+            && !self.state.queue.is_empty()
+        {
             match self.state.sandbox.link {
                 Link::Connected { conn } => self.dispatch_head(now, conn),
                 Link::Absent => self.begin_spawn_cycle(now),
@@ -423,8 +506,13 @@ impl Session {
             }
         }
         if matches!(self.state.phase, Phase::Ready | Phase::Running) {
-            let started = self.state.in_flight.as_ref().is_some_and(|run| run.state == crate::run::RunState::Running);
-            self.state.phase = if started { Phase::Running } else { Phase::Ready };
+            // Running from a run's start until nothing is in flight: a run dispatched right after
+            // another keeps the session running, without a `ready` blip in between.
+            self.state.phase = match self.state.in_flight.as_ref().map(|run| run.state) {
+                Some(RunState::Running) => Phase::Running,
+                Some(_) => self.state.phase,
+                None => Phase::Ready,
+            };
         }
         self.announce_status(now);
     }
@@ -442,10 +530,22 @@ impl Session {
     }
 
     /// Sets the sandbox status clients see, with a `sandbox.status` event when it changes.
-    pub(super) fn set_sandbox_status(&mut self, now: Timestamp, status: SandboxStatus, reason: Option<&str>) {
+    pub(super) fn set_sandbox_status(
+        &mut self,
+        now: Timestamp,
+        status: SandboxStatus,
+        reason: Option<&str>,
+    ) {
         if self.state.sandbox.status != status {
             self.state.sandbox.status = status;
-            self.emit(now, None, Event::SandboxStatus { status, reason: reason.map(str::to_string) });
+            self.emit(
+                now,
+                None,
+                Event::SandboxStatus {
+                    status,
+                    reason: reason.map(str::to_string),
+                },
+            );
         }
     }
 
@@ -461,7 +561,9 @@ impl Session {
 
         if !self.live.clients.is_empty() && !self.state.unacked.is_empty() {
             let interval = self.config.critical_resend_interval;
-            self.live.resend_at.get_or_insert_with(|| later(now, interval));
+            self.live
+                .resend_at
+                .get_or_insert_with(|| later(now, interval));
         } else {
             self.live.resend_at = None;
         }
@@ -469,7 +571,9 @@ impl Session {
         if self.is_hibernatable() {
             if !self.live.hibernated {
                 let after = self.config.hibernate_after;
-                self.live.hibernate_at.get_or_insert_with(|| later(now, after));
+                self.live
+                    .hibernate_at
+                    .get_or_insert_with(|| later(now, after));
             }
         } else {
             self.live.hibernate_at = None;
@@ -510,7 +614,14 @@ impl Session {
         }
         self.state.phase = Phase::Failed;
         let message = format!("the session store is unavailable: {}", failure.message);
-        self.emit(now, None, Event::Error { code: "store_unavailable".into(), message: message.clone() });
+        self.emit(
+            now,
+            None,
+            Event::Error {
+                code: "store_unavailable".into(),
+                message: message.clone(),
+            },
+        );
         let error = crate::protocol::events::ErrorBody::new("store_unavailable", message);
         self.end_all_runs(now, TerminalStatus::Failed, Some(error));
         self.shut_down_sandbox(now, "session_failed");
@@ -527,31 +638,63 @@ impl Session {
             status: self.status(),
             last_seq,
         };
-        self.effect(Effect::Deliver { to: vec![conn], frame: ServerFrame::Control(hello) });
+        self.effect(Effect::Deliver {
+            to: vec![conn],
+            frame: ServerFrame::Control(hello),
+        });
         if after < last_seq {
-            self.effect(Effect::Replay { conn, after, through: last_seq });
+            self.effect(Effect::Replay {
+                conn,
+                after,
+                through: last_seq,
+            });
         }
-        let resend: Vec<EventEnvelope> = self.state.unacked.iter().filter(|e| e.seq <= after).cloned().collect();
+        let resend: Vec<EventEnvelope> = self
+            .state
+            .unacked
+            .iter()
+            .filter(|e| e.seq <= after)
+            .cloned()
+            .collect();
         if !resend.is_empty() {
-            self.effect(Effect::Resend { to: vec![conn], events: resend });
+            self.effect(Effect::Resend {
+                to: vec![conn],
+                events: resend,
+            });
         }
         self.live.clients.insert(conn, after.max(last_seq));
     }
 
-    fn client_command(&mut self, now: Timestamp, conn: ConnId, command: ClientCommand) -> Result<Accepted, Rejection> {
+    fn client_command(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        command: ClientCommand,
+    ) -> Result<Accepted, Rejection> {
         match command {
             ClientCommand::Ping => {
-                self.effect(Effect::Deliver { to: vec![conn], frame: ServerFrame::Control(ControlFrame::Pong) });
+                self.effect(Effect::Deliver {
+                    to: vec![conn],
+                    frame: ServerFrame::Control(ControlFrame::Pong),
+                });
             }
             ClientCommand::Ack { seq } => self.state.unacked.retain(|e| e.seq > seq),
             ClientCommand::Cancel { run_id } => self.cancel(now, run_id)?,
-            ClientCommand::Permission { request_id, decision } => {
+            ClientCommand::Permission {
+                request_id,
+                decision,
+            } => {
                 if !self.answer_permission(now, &request_id, decision) {
                     let error = ControlFrame::Error {
                         code: "unknown_request".into(),
-                        message: format!("no permission request {request_id} is waiting for an answer"),
+                        message: format!(
+                            "no permission request {request_id} is waiting for an answer"
+                        ),
                     };
-                    self.effect(Effect::Deliver { to: vec![conn], frame: ServerFrame::Control(error) });
+                    self.effect(Effect::Deliver {
+                        to: vec![conn],
+                        frame: ServerFrame::Control(error),
+                    });
                 }
             }
         }
@@ -564,10 +707,15 @@ impl Session {
     fn tick(&mut self, now: Timestamp) {
         match self.state.sandbox.link {
             Link::Spawning { since } if now >= later(since, self.config.spawn_timeout) => {
-                let message = format!("the sandbox did not dial back within {:?}", self.config.spawn_timeout);
+                let message = format!(
+                    "the sandbox did not dial back within {:?}",
+                    self.config.spawn_timeout
+                );
                 self.spawn_attempt_failed(now, "sandbox_spawn_timeout", &message);
             }
-            Link::Reconnecting { since } if now >= later(since, self.config.sandbox_reconnect_grace) => {
+            Link::Reconnecting { since }
+                if now >= later(since, self.config.sandbox_reconnect_grace) =>
+            {
                 self.sandbox_lost(now, "reconnect_timeout");
             }
             _ => {}
@@ -577,7 +725,10 @@ impl Session {
         self.expire_permission_asks(now);
 
         if let Some(since) = self.live.sandbox_idle_since {
-            if now >= later(since, self.config.sandbox_idle_timeout) && self.state.in_flight.is_none() && self.state.queue.is_empty() {
+            if now >= later(since, self.config.sandbox_idle_timeout)
+                && self.state.in_flight.is_none()
+                && self.state.queue.is_empty()
+            {
                 self.shut_down_sandbox(now, "idle");
             }
         }
@@ -587,7 +738,10 @@ impl Session {
         if self.live.resend_at.is_some_and(|at| now >= at) {
             let to: Vec<ConnId> = self.live.clients.keys().copied().collect();
             if !to.is_empty() && !self.state.unacked.is_empty() {
-                self.effect(Effect::Resend { to, events: self.state.unacked.clone() });
+                self.effect(Effect::Resend {
+                    to,
+                    events: self.state.unacked.clone(),
+                });
             }
             self.live.resend_at = Some(later(now, self.config.critical_resend_interval));
         }

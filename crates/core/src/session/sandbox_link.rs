@@ -60,7 +60,12 @@ impl Session {
         }
     }
 
-    pub(super) fn spawn_result(&mut self, now: Timestamp, spawn: u32, result: Result<SandboxId, PortFailure>) {
+    pub(super) fn spawn_result(
+        &mut self,
+        now: Timestamp,
+        spawn: u32,
+        result: Result<SandboxId, PortFailure>,
+    ) {
         let current = self.is_current_spawn(spawn);
         match result {
             Ok(sandbox_id) if current => self.state.sandbox.sandbox_id = Some(sandbox_id),
@@ -94,7 +99,11 @@ impl Session {
         }
         let error = ErrorBody::new(code, message);
         while let Some(run) = self.state.queue.pop_front() {
-            self.finish_run(now, run, Outcome::ended(TerminalStatus::Failed, Some(error.clone())));
+            self.finish_run(
+                now,
+                run,
+                Outcome::ended(TerminalStatus::Failed, Some(error.clone())),
+            );
         }
     }
 
@@ -105,7 +114,12 @@ impl Session {
     pub(super) fn sandbox_connect(&mut self, now: Timestamp, conn: ConnId, token_hash: TokenHash) {
         let valid = self.state.phase.accepts_work()
             && self.state.sandbox.link != Link::Absent
-            && self.state.sandbox.token_hash.as_ref().is_some_and(|expected| expected.matches(&token_hash));
+            && self
+                .state
+                .sandbox
+                .token_hash
+                .as_ref()
+                .is_some_and(|expected| expected.matches(&token_hash));
         if !valid {
             self.effect(Effect::RejectSandbox { conn });
             self.effect(Effect::Audit(AuditEntry {
@@ -135,9 +149,19 @@ impl Session {
             self.state.sandbox.restore_pending = false;
             let turns = self.state.conversation.clone();
             let count = u32::try_from(turns.len()).unwrap_or(u32::MAX);
-            self.effect(Effect::SendToSandbox { conn, message: ServerToSandbox::Restore { turns } });
+            self.effect(Effect::SendToSandbox {
+                conn,
+                message: ServerToSandbox::Restore { turns },
+            });
             let from_seq = self.state.conversation_from_seq.unwrap_or(1);
-            self.emit(now, None, Event::ContextRestored { from_seq, turns: count });
+            self.emit(
+                now,
+                None,
+                Event::ContextRestored {
+                    from_seq,
+                    turns: count,
+                },
+            );
         }
         for message in std::mem::take(&mut self.state.sandbox.outgoing) {
             self.effect(Effect::SendToSandbox { conn, message });
@@ -155,7 +179,12 @@ impl Session {
 
     /// A frame from a sandbox socket. Only the current sandbox is heard; numbered messages are
     /// applied once and ACKed every time.
-    pub(super) fn sandbox_message(&mut self, now: Timestamp, conn: ConnId, message: SandboxMessage) {
+    pub(super) fn sandbox_message(
+        &mut self,
+        now: Timestamp,
+        conn: ConnId,
+        message: SandboxMessage,
+    ) {
         if self.state.sandbox.link != (Link::Connected { conn }) {
             return;
         }
@@ -165,7 +194,10 @@ impl Session {
         let number = message.n();
         if let Some(n) = number {
             if n <= self.state.sandbox.last_n {
-                self.effect(Effect::SendToSandbox { conn, message: ServerToSandbox::Ack { n } });
+                self.effect(Effect::SendToSandbox {
+                    conn,
+                    message: ServerToSandbox::Ack { n },
+                });
                 return;
             }
             self.state.sandbox.last_n = n;
@@ -176,15 +208,34 @@ impl Session {
             }
             SandboxMessage::Heartbeat => {}
             SandboxMessage::Event { run_id, event, .. } => self.agent_event(now, run_id, event),
-            SandboxMessage::RunFinished { run_id, status, stop_reason, usage, error, .. } => {
+            SandboxMessage::RunFinished {
+                run_id,
+                status,
+                stop_reason,
+                usage,
+                error,
+                ..
+            } => {
                 if self.is_in_flight(&run_id) {
                     self.mark_started(now);
-                    self.finish_in_flight(now, Outcome { status, stop_reason, usage, error });
+                    self.finish_in_flight(
+                        now,
+                        Outcome {
+                            status,
+                            stop_reason,
+                            usage,
+                            error,
+                        },
+                    );
                 }
             }
-            SandboxMessage::PermissionRequest { run_id, request_id, tool, input, .. } => {
-                self.permission_request(now, run_id, request_id, tool, input)
-            }
+            SandboxMessage::PermissionRequest {
+                run_id,
+                request_id,
+                tool,
+                input,
+                ..
+            } => self.permission_request(now, run_id, request_id, tool, input),
             SandboxMessage::Workspace { files, .. } => {
                 if let Some(environment) = crate::environment::detect(&files) {
                     self.emit(
@@ -200,7 +251,10 @@ impl Session {
             }
         }
         if let Some(n) = number {
-            self.effect(Effect::SendToSandbox { conn, message: ServerToSandbox::Ack { n } });
+            self.effect(Effect::SendToSandbox {
+                conn,
+                message: ServerToSandbox::Ack { n },
+            });
         }
     }
 
@@ -243,7 +297,10 @@ impl Session {
     pub(super) fn shut_down_sandbox(&mut self, now: Timestamp, reason: &str) {
         match self.state.sandbox.link {
             Link::Absent => return,
-            Link::Connected { conn } => self.effect(Effect::SendToSandbox { conn, message: ServerToSandbox::Shutdown }),
+            Link::Connected { conn } => self.effect(Effect::SendToSandbox {
+                conn,
+                message: ServerToSandbox::Shutdown,
+            }),
             Link::Spawning { .. } | Link::Reconnecting { .. } => {}
         }
         if let Some(sandbox_id) = self.state.sandbox.sandbox_id.take() {
