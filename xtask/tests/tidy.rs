@@ -44,7 +44,8 @@ fn normal_dependencies(crate_dir: &str) -> BTreeSet<String> {
         }
         if in_deps && !t.is_empty() && !t.starts_with('#') {
             if let Some((name, _)) = t.split_once('=') {
-                out.insert(name.trim().trim_matches('"').to_string());
+                let name = name.trim().trim_matches('"');
+                out.insert(name.strip_suffix(".workspace").unwrap_or(name).to_string());
             }
         }
     }

@@ -38,7 +38,10 @@ impl TokioBroadcastEventBus {
 
     /// A bus holding `capacity` events per org for lagging subscribers (at least 1).
     pub fn with_capacity(capacity: usize) -> Self {
-        TokioBroadcastEventBus { capacity: capacity.max(1), channels: Mutex::new(HashMap::new()) }
+        TokioBroadcastEventBus {
+            capacity: capacity.max(1),
+            channels: Mutex::new(HashMap::new()),
+        }
     }
 
     fn channels(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, broadcast::Sender<OrgEvent>>> {
@@ -62,11 +65,17 @@ impl EventBus for TokioBroadcastEventBus {
         Ok(())
     }
 
-    async fn subscribe(&self, tenant: &TenantContext) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
+    async fn subscribe(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
         let rx = {
             let mut channels = self.channels();
             let capacity = self.capacity;
-            channels.entry(tenant.org().clone()).or_insert_with(|| broadcast::channel(capacity).0).subscribe()
+            channels
+                .entry(tenant.org().clone())
+                .or_insert_with(|| broadcast::channel(capacity).0)
+                .subscribe()
         };
         let org = tenant.org().clone();
         Ok(stream::unfold((rx, org), |(mut rx, org)| async move {

@@ -32,8 +32,12 @@ pub struct JsonLinesAuditLog {
 
 fn io_error(e: std::io::Error) -> AuditLogError {
     match e.kind() {
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => AuditLogError::Timeout(format!("audit file: {e}")),
-        ErrorKind::InvalidData | ErrorKind::UnexpectedEof => AuditLogError::Corrupt(format!("audit file: {e}")),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => {
+            AuditLogError::Timeout(format!("audit file: {e}"))
+        }
+        ErrorKind::InvalidData | ErrorKind::UnexpectedEof => {
+            AuditLogError::Corrupt(format!("audit file: {e}"))
+        }
         _ => AuditLogError::Unavailable(format!("audit file: {e}")),
     }
 }
@@ -44,7 +48,10 @@ impl JsonLinesAuditLog {
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self, AuditLogError> {
         let path = path.into();
         cut_torn_tail(&path).await?;
-        Ok(JsonLinesAuditLog { path, writer: Mutex::new(WriterState { maybe_torn: false }) })
+        Ok(JsonLinesAuditLog {
+            path,
+            writer: Mutex::new(WriterState { maybe_torn: false }),
+        })
     }
 
     /// The file this log writes.
@@ -55,7 +62,14 @@ impl JsonLinesAuditLog {
 
 /// Truncates the file after its last newline (creating it if missing), so it holds only whole lines.
 async fn cut_torn_tail(path: &Path) -> Result<(), AuditLogError> {
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).await.map_err(io_error)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .await
+        .map_err(io_error)?;
     let len = file.metadata().await.map_err(io_error)?.len();
     let mut end = len;
     let mut buf = vec![0u8; 4096];
@@ -88,21 +102,30 @@ fn parse_lines(bytes: &[u8]) -> Result<Vec<AuditEntry>, AuditLogError> {
         .split(|&b| b == b'\n')
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
         .enumerate()
-        .map(|(n, line)| serde_json::from_slice(line).map_err(|e| AuditLogError::Corrupt(format!("audit file entry {}: {e}", n + 1))))
+        .map(|(n, line)| {
+            serde_json::from_slice(line)
+                .map_err(|e| AuditLogError::Corrupt(format!("audit file entry {}: {e}", n + 1)))
+        })
         .collect()
 }
 
 #[async_trait]
 impl AuditLog for JsonLinesAuditLog {
     async fn append(&self, entry: &AuditEntry) -> Result<(), AuditLogError> {
-        let mut line = serde_json::to_vec(entry).map_err(|e| AuditLogError::Invalid(format!("audit entry: {e}")))?;
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| AuditLogError::Invalid(format!("audit entry: {e}")))?;
         line.push(b'\n');
         let mut st = self.writer.lock().await;
         if st.maybe_torn {
             cut_torn_tail(&self.path).await?;
             st.maybe_torn = false;
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(&self.path).await.map_err(io_error)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(io_error)?;
         let written = async {
             file.write_all(&line).await?;
             file.flush().await
@@ -114,7 +137,11 @@ impl AuditLog for JsonLinesAuditLog {
         written.map_err(io_error)
     }
 
-    async fn list(&self, tenant: &TenantContext, limit: usize) -> Result<Vec<AuditEntry>, AuditLogError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditLogError> {
         let bytes = {
             let _st = self.writer.lock().await;
             match tokio::fs::read(&self.path).await {
@@ -123,9 +150,13 @@ impl AuditLog for JsonLinesAuditLog {
                 Err(e) => return Err(io_error(e)),
             }
         };
-        let mut mine: Vec<AuditEntry> = parse_lines(&bytes)?.into_iter().rev().filter(|e| e.org.as_ref() == Some(tenant.org())).collect();
+        let mut mine: Vec<AuditEntry> = parse_lines(&bytes)?
+            .into_iter()
+            .rev()
+            .filter(|e| e.org.as_ref() == Some(tenant.org()))
+            .collect();
         // Newest first by time; among equal times the later append first (the sort is stable).
-        mine.sort_by(|a, b| b.at.cmp(&a.at));
+        mine.sort_by_key(|e| std::cmp::Reverse(e.at));
         mine.truncate(limit);
         Ok(mine)
     }
@@ -139,7 +170,10 @@ mod tests {
     use switchboard_core::{OrgId, Timestamp, UserId};
 
     fn temp_file(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("switchboard-jsonl-audit-unit-{}-{tag}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-jsonl-audit-unit-{}-{tag}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("audit.jsonl")
     }
@@ -167,13 +201,22 @@ mod tests {
         bytes.extend_from_slice(br#"{"at":"2026-01-01T00:00:00.000Z","org":"o1","#);
         std::fs::write(&path, &bytes).unwrap();
 
-        let tenant = Principal::from_verified_credential(OrgId::parse("o1").unwrap(), UserId::parse("u").unwrap(), None, vec![]).tenant();
+        let tenant = Principal::from_verified_credential(
+            OrgId::parse("o1").unwrap(),
+            UserId::parse("u").unwrap(),
+            None,
+            vec![],
+        )
+        .tenant();
         assert_eq!(log.list(&tenant, 10).await.unwrap(), vec![entry("o1", 1)]);
 
         let reopened = JsonLinesAuditLog::open(&path).await.unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole);
         reopened.append(&entry("o1", 2)).await.unwrap();
-        assert_eq!(reopened.list(&tenant, 10).await.unwrap(), vec![entry("o1", 2), entry("o1", 1)]);
+        assert_eq!(
+            reopened.list(&tenant, 10).await.unwrap(),
+            vec![entry("o1", 2), entry("o1", 1)]
+        );
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

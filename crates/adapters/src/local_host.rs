@@ -1,1 +1,422 @@
-//! local_host adapter (being written).
+//! `LocalSessionHost`: the tokio `SessionHost`. One task per live session owns its
+//! `SessionRuntime`; callers reach it through a bounded mailbox. Also `OsMinter`, the minter with
+//! real randomness.
+//!
+//! - **One writer per key.** The registry (key → actor) is a plain mutex, and an actor is inserted
+//!   under it before anything is awaited, so two requests racing to wake a session find the same
+//!   task. The task itself creates or rehydrates the runtime; requests queued meanwhile wait in its
+//!   mailbox.
+//! - **Backpressure.** The mailbox is bounded: callers await capacity.
+//! - **Slow work.** Deferred futures run inside the session's task (a `FuturesUnordered` polled
+//!   alongside the mailbox), so nothing outlives its session and the task knows when none is left.
+//! - **Time.** One timer per session, at `poll_deadline()`, through `Clock::sleep_until`: an
+//!   `InMemoryClock` drives it deterministically in tests.
+//! - **Hibernation.** When the runtime hibernates and no deferred work is left, the task removes
+//!   itself from the registry and ends. A request that was already queued for it is handed to a
+//!   fresh task, which rehydrates the session from the `SessionStore`.
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use switchboard_core::crypto::TokenHash;
+use switchboard_core::protocol::{ClientMessage, SandboxMessage};
+use switchboard_core::session::{Input, Session, SessionInfo, SessionInit};
+use switchboard_core::tenancy::{Attribution, Principal, SessionKey, TenantContext};
+use switchboard_core::{ConnId, RunId, SessionId, Timestamp};
+use switchboard_ports::runtime::{Minter, SessionPorts, SessionRuntime, CLIENT_BUFFER};
+use switchboard_ports::session::{
+    ClientHandle, ClientLink, CreateSession, EventPage, PromptRequest, Queued, SandboxHandle, SandboxLink, SessionHost,
+    SessionHostError,
+};
+use switchboard_ports::{Classify, FromClass, SecretString};
+use tokio::sync::{mpsc, oneshot};
+
+/// Requests a session's mailbox holds before callers wait.
+pub const MAILBOX: usize = 64;
+
+/// How often a request is re-sent after landing on a session task that was ending.
+const SEND_ATTEMPTS: usize = 8;
+
+/// Work for a session task: runs with exclusive access to the runtime.
+type Job = Box<dyn for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send>;
+
+/// Pins the higher-ranked signature on a closure (inference alone does not).
+fn job<F>(f: F) -> Job
+where
+    F: for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send + 'static,
+{
+    Box::new(f)
+}
+
+/// The tokio session host. Cloning shares the same sessions.
+#[derive(Clone)]
+pub struct LocalSessionHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ports: SessionPorts,
+    actors: Mutex<HashMap<SessionKey, Actor>>,
+    generations: AtomicU64,
+}
+
+/// The registry's handle on one session task.
+#[derive(Clone)]
+struct Actor {
+    mailbox: mpsc::Sender<Job>,
+    generation: u64,
+    /// Set when the task could not bring its session up; queued requests get this error.
+    failed: Arc<OnceLock<SessionHostError>>,
+}
+
+/// How a task brings its session up.
+enum Activation {
+    Rehydrate,
+    Create { init: SessionInit, created: oneshot::Sender<Result<SessionInfo, SessionHostError>> },
+}
+
+impl LocalSessionHost {
+    /// A host over `ports`. Must be used inside a tokio runtime (it spawns tasks).
+    pub fn new(ports: SessionPorts) -> Self {
+        LocalSessionHost { inner: Arc::new(Inner { ports, actors: Mutex::new(HashMap::new()), generations: AtomicU64::new(0) }) }
+    }
+
+    /// How many sessions have a live task.
+    pub fn live_sessions(&self) -> usize {
+        self.inner.actors.lock().unwrap().len()
+    }
+
+    /// Whether `key` has a live task.
+    pub fn is_live(&self, key: &SessionKey) -> bool {
+        self.inner.actors.lock().unwrap().contains_key(key)
+    }
+
+    /// Starts `key`'s task under the registry lock the caller holds.
+    fn spawn_actor(&self, actors: &mut HashMap<SessionKey, Actor>, key: &SessionKey, activation: Activation) -> Actor {
+        let (mailbox, inbox) = mpsc::channel(MAILBOX);
+        let actor = Actor { mailbox, generation: self.inner.generations.fetch_add(1, Ordering::Relaxed), failed: Arc::default() };
+        actors.insert(key.clone(), actor.clone());
+        let task = SessionTask {
+            registry: Arc::downgrade(&self.inner),
+            ports: self.inner.ports.clone(),
+            key: key.clone(),
+            generation: actor.generation,
+            failed: actor.failed.clone(),
+        };
+        tokio::spawn(task.run(activation, inbox));
+        actor
+    }
+
+    /// The live task of `key`, woken (rehydrating) if there is none.
+    fn actor(&self, key: &SessionKey) -> Actor {
+        let mut actors = self.inner.actors.lock().unwrap();
+        match actors.get(key) {
+            Some(actor) => actor.clone(),
+            None => self.spawn_actor(&mut actors, key, Activation::Rehydrate),
+        }
+    }
+
+    /// Runs `work` on `key`'s session and returns its output. `NotFound` when there is no such
+    /// session. `work` is cloned for a retry when it landed on a task that was ending.
+    async fn call<T, W>(&self, key: &SessionKey, work: W) -> Result<T, SessionHostError>
+    where
+        T: Send + 'static,
+        W: for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, T> + Clone + Send + 'static,
+    {
+        for _ in 0..SEND_ATTEMPTS {
+            let actor = self.actor(key);
+            let (reply, answer) = oneshot::channel();
+            let work = work.clone();
+            let sent = actor.mailbox.send(job(move |rt| Box::pin(async move { let _ = reply.send(work(rt).await); }))).await;
+            if sent.is_ok() {
+                if let Ok(out) = answer.await {
+                    return Ok(out);
+                }
+            }
+            if let Some(error) = actor.failed.get() {
+                return Err(error.clone());
+            }
+            // The task hibernated before it got to this request: the next one rehydrates.
+        }
+        Err(SessionHostError::Unavailable(format!("session {} kept ending before it could answer", key.session())))
+    }
+
+    /// Runs `work` only if `key` has a live task (a hibernated session has no connections).
+    async fn call_if_live(&self, key: &SessionKey, work: impl for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send + 'static) {
+        let actor = self.inner.actors.lock().unwrap().get(key).cloned();
+        if let Some(actor) = actor {
+            let _ = actor.mailbox.send(job(work)).await;
+        }
+    }
+
+    /// A session's info: from its task when live, else read from the store without waking it.
+    async fn peek(&self, key: &SessionKey) -> Result<Option<SessionInfo>, SessionHostError> {
+        if self.is_live(key) {
+            return self.call(key, |rt| Box::pin(async move { rt.info() })).await.map(Some);
+        }
+        let ports = &self.inner.ports;
+        let Some(persisted) = ports.store.load(key).await.map_err(|e| SessionHostError::from_class(e.class(), e.to_string()))? else {
+            return Ok(None);
+        };
+        Ok(Some(Session::restore(ports.clock.now(), ports.config.clone(), persisted)?.info()))
+    }
+}
+
+/// One session's task.
+struct SessionTask {
+    registry: Weak<Inner>,
+    ports: SessionPorts,
+    key: SessionKey,
+    generation: u64,
+    failed: Arc<OnceLock<SessionHostError>>,
+}
+
+impl SessionTask {
+    async fn run(self, activation: Activation, inbox: mpsc::Receiver<Job>) {
+        match self.activate(activation).await {
+            Ok(runtime) => self.serve(runtime, inbox).await,
+            // Set before `inbox` drops, so callers whose requests it held read why.
+            Err(error) => drop(self.failed.set(error)),
+        }
+        self.leave_registry();
+    }
+
+    async fn activate(&self, activation: Activation) -> Result<SessionRuntime, SessionHostError> {
+        let existing = SessionRuntime::rehydrate(self.ports.clone(), self.key.clone()).await;
+        match activation {
+            Activation::Rehydrate => existing?.ok_or_else(|| SessionHostError::NotFound(format!("no session {}", self.key.session()))),
+            Activation::Create { init, created } => {
+                let outcome = match existing {
+                    Ok(Some(runtime)) => {
+                        let _ = created.send(Err(SessionHostError::Conflict(format!("session {} already exists", self.key.session()))));
+                        return Ok(runtime);
+                    }
+                    Ok(None) => SessionRuntime::create(self.ports.clone(), init).await.map_err(SessionHostError::from),
+                    Err(refused) => Err(refused.into()),
+                };
+                let _ = created.send(outcome.as_ref().map(SessionRuntime::info).map_err(Clone::clone));
+                outcome
+            }
+        }
+    }
+
+    /// The task's loop: requests, deferred work and the timer, until the session hibernates or the
+    /// host is dropped.
+    async fn serve(&self, mut runtime: SessionRuntime, mut inbox: mpsc::Receiver<Job>) {
+        let mut deferred = FuturesUnordered::new();
+        let mut timer: Option<(Timestamp, BoxFuture<'static, ()>)> = None;
+        loop {
+            deferred.extend(runtime.take_deferred());
+            if runtime.is_hibernating() && deferred.is_empty() {
+                return;
+            }
+            let deadline = runtime.poll_deadline();
+            if timer.as_ref().map(|(at, _)| *at) != deadline {
+                timer = deadline.map(|at| {
+                    let clock = self.ports.clock.clone();
+                    let sleep: BoxFuture<'static, ()> = Box::pin(async move { clock.sleep_until(at).await });
+                    (at, sleep)
+                });
+            }
+            tokio::select! {
+                next = inbox.recv() => match next {
+                    Some(job) => job(&mut runtime).await,
+                    None => return, // the host is gone
+                },
+                Some(completion) = deferred.next(), if !deferred.is_empty() => runtime.complete(completion).await,
+                () = expiry(&mut timer) => {
+                    timer = None;
+                    runtime.tick().await;
+                }
+            }
+        }
+    }
+
+    /// Removes this task from the registry, unless a newer one already took the key.
+    fn leave_registry(&self) {
+        if let Some(inner) = self.registry.upgrade() {
+            let mut actors = inner.actors.lock().unwrap();
+            if actors.get(&self.key).is_some_and(|actor| actor.generation == self.generation) {
+                actors.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Resolves when the armed timer expires; never when none is armed.
+async fn expiry(timer: &mut Option<(Timestamp, BoxFuture<'static, ()>)>) {
+    match timer {
+        Some((_, sleep)) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl SessionHost for LocalSessionHost {
+    async fn create(&self, principal: &Principal, request: CreateSession) -> Result<SessionInfo, SessionHostError> {
+        let key = principal.tenant().session(request.session_id);
+        let init = SessionInit { key: key.clone(), model: request.model, agent: request.agent, repo: request.repo, created_by: principal.attribution() };
+        let (created, answer) = oneshot::channel();
+        {
+            let mut actors = self.inner.actors.lock().unwrap();
+            if actors.contains_key(&key) {
+                return Err(SessionHostError::Conflict(format!("session {} already exists", key.session())));
+            }
+            self.spawn_actor(&mut actors, &key, Activation::Create { init, created });
+        }
+        answer.await.unwrap_or_else(|_| Err(SessionHostError::Unavailable("the session task ended before answering".into())))
+    }
+
+    async fn info(&self, tenant: &TenantContext, session: &SessionId) -> Result<SessionInfo, SessionHostError> {
+        self.call(&tenant.session(session.clone()), |rt| Box::pin(async move { rt.info() })).await
+    }
+
+    async fn list(&self, tenant: &TenantContext) -> Result<Vec<SessionInfo>, SessionHostError> {
+        let ids = self.inner.ports.store.list(tenant.org()).await.map_err(|e| SessionHostError::from_class(e.class(), e.to_string()))?;
+        let mut infos = Vec::with_capacity(ids.len());
+        for id in ids {
+            infos.extend(self.peek(&tenant.session(id)).await?);
+        }
+        Ok(infos)
+    }
+
+    async fn prompt(&self, principal: &Principal, session: &SessionId, request: PromptRequest) -> Result<Queued, SessionHostError> {
+        let by = principal.attribution();
+        Ok(self.call(&principal.tenant().session(session.clone()), |rt| Box::pin(rt.prompt(by, request))).await??)
+    }
+
+    async fn cancel(&self, tenant: &TenantContext, session: &SessionId, run: Option<RunId>) -> Result<(), SessionHostError> {
+        let input = Input::Cancel { run_id: run };
+        self.call(&tenant.session(session.clone()), |rt| Box::pin(rt.handle(input))).await??;
+        Ok(())
+    }
+
+    async fn close(&self, tenant: &TenantContext, session: &SessionId) -> Result<(), SessionHostError> {
+        self.call(&tenant.session(session.clone()), |rt| Box::pin(rt.handle(Input::Close))).await??;
+        Ok(())
+    }
+
+    async fn events(&self, tenant: &TenantContext, session: &SessionId, after: u64, limit: usize) -> Result<EventPage, SessionHostError> {
+        // The task hands out the read; the store answers it outside the task.
+        let read = self.call(&tenant.session(session.clone()), move |rt| Box::pin(async move { rt.events(after, limit) })).await?;
+        Ok(read.await?)
+    }
+
+    async fn attach_client(&self, principal: &Principal, session: &SessionId, after: Option<u64>) -> Result<ClientLink, SessionHostError> {
+        let key = principal.tenant().session(session.clone());
+        let (conn, frames) = self.call(&key, move |rt| Box::pin(rt.attach_client(after, CLIENT_BUFFER))).await??;
+        let handle = LocalClientHandle { host: self.clone(), key, conn, by: principal.attribution() };
+        Ok(ClientLink { handle: Box::new(handle), frames })
+    }
+
+    async fn attach_sandbox(&self, key: &SessionKey, token: &SecretString) -> Result<SandboxLink, SessionHostError> {
+        let token = token.clone();
+        let (conn, frames) = self.call(key, |rt| Box::pin(async move { rt.attach_sandbox(&token).await })).await??;
+        let handle = LocalSandboxHandle { host: self.clone(), key: key.clone(), conn };
+        Ok(SandboxLink { handle: Box::new(handle), frames })
+    }
+}
+
+struct LocalClientHandle {
+    host: LocalSessionHost,
+    key: SessionKey,
+    conn: ConnId,
+    by: Attribution,
+}
+
+#[async_trait]
+impl ClientHandle for LocalClientHandle {
+    fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    async fn send(&self, message: ClientMessage) -> Result<(), SessionHostError> {
+        let (conn, by) = (self.conn, self.by.clone());
+        Ok(self.host.call(&self.key, move |rt| Box::pin(async move { rt.client_message(conn, &by, message).await })).await??)
+    }
+
+    async fn detach(&self) {
+        let conn = self.conn;
+        self.host.call_if_live(&self.key, move |rt| Box::pin(rt.detach_client(conn))).await;
+    }
+}
+
+struct LocalSandboxHandle {
+    host: LocalSessionHost,
+    key: SessionKey,
+    conn: ConnId,
+}
+
+#[async_trait]
+impl SandboxHandle for LocalSandboxHandle {
+    fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    async fn send(&self, message: SandboxMessage) -> Result<(), SessionHostError> {
+        let conn = self.conn;
+        Ok(self.host.call(&self.key, move |rt| Box::pin(rt.sandbox_message(conn, message))).await??)
+    }
+
+    async fn detach(&self) {
+        let conn = self.conn;
+        self.host.call_if_live(&self.key, move |rt| Box::pin(rt.detach_sandbox(conn))).await;
+    }
+}
+
+/// The minter with real randomness: `sbx_` + 64 hex digits of 32 random bytes as sandbox tokens,
+/// SHA-256 as their hash, UUIDv7 run ids, and connection numbers from a process-wide counter.
+#[derive(Debug, Default)]
+pub struct OsMinter {
+    conns: AtomicU64,
+}
+
+impl OsMinter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Minter for OsMinter {
+    fn sandbox_token(&self) -> (SecretString, TokenHash) {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+        let token = SecretString::new(format!("sbx_{}", hex::encode(bytes)));
+        let hash = self.hash_token(&token);
+        (token, hash)
+    }
+
+    fn hash_token(&self, token: &SecretString) -> TokenHash {
+        TokenHash(Sha256::digest(token.expose().as_bytes()).into())
+    }
+
+    fn run_id(&self) -> RunId {
+        RunId::parse(uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid run id")
+    }
+
+    fn conn_id(&self) -> ConnId {
+        ConnId(self.conns.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_minter_mints_fresh_tokens_and_time_ordered_run_ids() {
+        let minter = OsMinter::new();
+        let (a, hash_a) = minter.sandbox_token();
+        let (b, _) = minter.sandbox_token();
+        assert!(a.expose().starts_with("sbx_") && a.expose().len() == 4 + 64);
+        assert_ne!(a.expose(), b.expose());
+        assert!(minter.hash_token(&a).matches(&hash_a));
+        let (first, second) = (minter.run_id(), minter.run_id());
+        assert!(first.as_str() < second.as_str(), "UUIDv7 ids sort by creation: {first} then {second}");
+        assert_ne!(minter.conn_id(), minter.conn_id());
+    }
+}

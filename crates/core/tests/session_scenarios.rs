@@ -1063,3 +1063,91 @@ fn early_ticks_are_harmless() {
     }
     assert_eq!(w.effects.len(), effects);
 }
+
+#[test]
+fn dispatch_failure_fails_the_run_and_the_queue_moves_on() {
+    let mut w = World::started(test_config());
+    w.dispatch_script.push_back(Err(PortFailure::new(
+        ErrorClass::Unavailable,
+        "no credential for anthropic",
+    )));
+    queued(w.prompt("r1", "first"));
+    assert_eq!(w.run_error("r1").as_deref(), Some("dispatch_failed"));
+    assert_eq!(w.session.status(), SessionStatus::Ready);
+    queued(w.prompt("r2", "second"));
+    assert_eq!(w.session.status(), SessionStatus::Running);
+    w.finish("r2", TerminalStatus::Completed);
+    assert_eq!(w.ledger.records.len(), 2);
+}
+
+#[test]
+fn no_run_outlives_the_sandbox_lifetime() {
+    let mut config = test_config();
+    config.sandbox_max_s = 300;
+    let mut w = World::started(config);
+    queued(w.prompt("r1", "loop forever"));
+    for _ in 0..5 {
+        w.advance(Duration::from_secs(50));
+        w.heartbeat();
+    }
+    assert!(!w.terminal_statuses().contains_key("r1"));
+    w.advance(Duration::from_secs(50));
+    assert_eq!(w.terminal_statuses()["r1"], vec![TerminalStatus::TimedOut]);
+    assert_eq!(w.run_error("r1").as_deref(), Some("run_max_duration"));
+}
+
+#[test]
+fn decisions_made_while_the_sandbox_reconnects_reach_it_on_reconnect() {
+    let mut w = World::started(permission_config());
+    let watcher = w.attach(None);
+    queued(w.prompt("r1", "go"));
+    w.ask_permission("r1", "q1", "bash");
+    w.sandbox_drop();
+    w.command(
+        watcher,
+        ClientCommand::Permission {
+            request_id: request_id("q1"),
+            decision: ALLOW,
+        },
+    )
+    .unwrap();
+    assert!(!w
+        .sandbox_frames()
+        .contains(&"permission q1 allow_once".to_string()));
+    w.sandbox_reconnect();
+    assert!(w
+        .sandbox_frames()
+        .contains(&"permission q1 allow_once".to_string()));
+    w.finish("r1", TerminalStatus::Completed);
+    assert_eq!(w.terminal_statuses()["r1"], vec![TerminalStatus::Completed]);
+}
+
+#[test]
+fn non_agent_events_from_the_sandbox_are_dropped_but_acked() {
+    let mut w = World::started(test_config());
+    queued(w.prompt("r1", "go"));
+    let before = w.store.last_seq();
+    let run = run_id("r1");
+    w.sandbox_send(|n| SandboxMessage::Event {
+        run_id: run,
+        n,
+        event: Event::Error {
+            code: "spoofed".into(),
+            message: "not the agent's to say".into(),
+        },
+    });
+    w.drive();
+    assert_eq!(w.store.last_seq(), before);
+    assert_eq!(w.sandbox_frames().last().map(String::as_str), Some("ack 1"));
+}
+
+#[test]
+fn a_prompt_before_start_starts_the_session() {
+    let mut w = World::new(test_config());
+    queued(w.prompt("r1", "hello"));
+    assert_eq!(w.boxes.len(), 1);
+    assert_eq!(w.session.status(), SessionStatus::Running);
+    w.input(Input::Start).unwrap();
+    w.drive();
+    assert_eq!(w.boxes.len(), 1, "start after the fact spawns nothing more");
+}

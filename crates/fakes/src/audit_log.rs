@@ -20,27 +20,44 @@ impl InMemoryAuditLog {
 
     /// Every entry, of every org, in append order (for tests and the operator).
     pub fn all(&self) -> Vec<AuditEntry> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 /// The tenant's entries, newest first by `at` (later appends first among equal times), at most
 /// `limit`. `entries` is in append order.
-pub fn newest_first<'a>(entries: impl DoubleEndedIterator<Item = &'a AuditEntry>, tenant: &TenantContext, limit: usize) -> Vec<AuditEntry> {
-    let mut mine: Vec<&AuditEntry> = entries.rev().filter(|e| e.org.as_ref() == Some(tenant.org())).collect();
+pub fn newest_first<'a>(
+    entries: impl DoubleEndedIterator<Item = &'a AuditEntry>,
+    tenant: &TenantContext,
+    limit: usize,
+) -> Vec<AuditEntry> {
+    let mut mine: Vec<&AuditEntry> = entries
+        .rev()
+        .filter(|e| e.org.as_ref() == Some(tenant.org()))
+        .collect();
     // Stable: among equal times, the reversed append order (newest append first) is kept.
-    mine.sort_by(|a, b| b.at.cmp(&a.at));
+    mine.sort_by_key(|e| std::cmp::Reverse(e.at));
     mine.into_iter().take(limit).cloned().collect()
 }
 
 #[async_trait]
 impl AuditLog for InMemoryAuditLog {
     async fn append(&self, entry: &AuditEntry) -> Result<(), AuditLogError> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).push(entry.clone());
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry.clone());
         Ok(())
     }
 
-    async fn list(&self, tenant: &TenantContext, limit: usize) -> Result<Vec<AuditEntry>, AuditLogError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditLogError> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         Ok(newest_first(entries.iter(), tenant, limit))
     }
@@ -66,10 +83,24 @@ mod tests {
 
     #[test]
     fn newest_first_by_time_then_by_later_append() {
-        let tenant = Principal::from_verified_credential(OrgId::parse("o1").unwrap(), UserId::parse("u").unwrap(), None, vec![]).tenant();
-        let all = vec![entry("o1", 5, "a"), entry("o1", 1, "b"), entry("o2", 9, "c"), entry("o1", 5, "d")];
+        let tenant = Principal::from_verified_credential(
+            OrgId::parse("o1").unwrap(),
+            UserId::parse("u").unwrap(),
+            None,
+            vec![],
+        )
+        .tenant();
+        let all = [
+            entry("o1", 5, "a"),
+            entry("o1", 1, "b"),
+            entry("o2", 9, "c"),
+            entry("o1", 5, "d"),
+        ];
         let got = newest_first(all.iter(), &tenant, 10);
-        assert_eq!(got.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), vec!["d", "a", "b"]);
+        assert_eq!(
+            got.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+            vec!["d", "a", "b"]
+        );
         assert_eq!(newest_first(all.iter(), &tenant, 1).len(), 1);
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use switchboard_core::crypto::TokenHash;
 use switchboard_core::tenancy::Principal;
 use switchboard_core::ErrorClass;
-use switchboard_ports::identity::{Authenticator, AuthenticatorError, Credential, IdentityStore, IdentityStoreError};
+use switchboard_ports::identity::{
+    Authenticator, AuthenticatorError, Credential, IdentityStore, IdentityStoreError,
+};
 use switchboard_ports::{Classify, Clock, FromClass};
 
 /// The prefix of every API key; any other token is taken for a login session token.
@@ -51,7 +53,9 @@ fn unauthorized() -> AuthenticatorError {
 fn from_store(e: IdentityStoreError) -> AuthenticatorError {
     match e.class() {
         ErrorClass::NotFound | ErrorClass::Unauthorized | ErrorClass::Invalid => unauthorized(),
-        ErrorClass::Conflict => AuthenticatorError::Corrupt(format!("identity store: {}", e.message())),
+        ErrorClass::Conflict => {
+            AuthenticatorError::Corrupt(format!("identity store: {}", e.message()))
+        }
         class => AuthenticatorError::from_class(class, format!("identity store: {}", e.message())),
     }
 }
@@ -72,19 +76,41 @@ impl Authenticator for InMemoryAuthenticator {
             if rest.is_empty() {
                 return Err(unauthorized());
             }
-            let key = self.identity.find_api_key(&hash).await.map_err(from_store)?;
+            let key = self
+                .identity
+                .find_api_key(&hash)
+                .await
+                .map_err(from_store)?;
             if !key.hash.matches(&hash) || key.meta.revoked_at.is_some() {
                 return Err(unauthorized());
             }
-            return Ok(Principal::from_verified_credential(key.org, key.user, Some(key.meta.id), key.scopes));
+            return Ok(Principal::from_verified_credential(
+                key.org,
+                key.user,
+                Some(key.meta.id),
+                key.scopes,
+            ));
         }
         let login = self.identity.find_login(&hash).await.map_err(from_store)?;
         if !login.hash.matches(&hash) || self.clock.now() >= login.expires_at {
             return Err(unauthorized());
         }
-        let memberships = self.identity.memberships(&login.user).await.map_err(from_store)?;
-        let role = memberships.iter().find(|m| m.org == login.org).map(|m| m.role).ok_or_else(unauthorized)?;
-        Ok(Principal::from_verified_credential(login.org, login.user, None, role.scopes()))
+        let memberships = self
+            .identity
+            .memberships(&login.user)
+            .await
+            .map_err(from_store)?;
+        let role = memberships
+            .iter()
+            .find(|m| m.org == login.org)
+            .map(|m| m.role)
+            .ok_or_else(unauthorized)?;
+        Ok(Principal::from_verified_credential(
+            login.org,
+            login.user,
+            None,
+            role.scopes(),
+        ))
     }
 }
 
@@ -94,13 +120,27 @@ mod tests {
 
     #[test]
     fn token_hash_is_sha256() {
-        let hex: String = hash_token("abc").0.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let hex: String = hash_token("abc")
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
     fn malformed_tokens_are_refused_before_any_lookup() {
-        for t in ["", " ", "sk_ abc", "tab\there", "ünï", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+        for t in [
+            "",
+            " ",
+            "sk_ abc",
+            "tab\there",
+            "ünï",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(!well_formed(t), "{t:?}");
         }
         assert!(well_formed("sk_0123abcd") && well_formed(&"x".repeat(MAX_TOKEN_LEN)));

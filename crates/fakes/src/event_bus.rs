@@ -26,7 +26,8 @@ impl InMemoryEventBus {
     /// Live subscriptions of an org.
     pub fn subscriber_count(&self, org: &OrgId) -> usize {
         let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.get(org).map_or(0, |v| v.iter().filter(|tx| !tx.is_closed()).count())
+        subs.get(org)
+            .map_or(0, |v| v.iter().filter(|tx| !tx.is_closed()).count())
     }
 }
 
@@ -43,9 +44,17 @@ impl EventBus for InMemoryEventBus {
         Ok(())
     }
 
-    async fn subscribe(&self, tenant: &TenantContext) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
+    async fn subscribe(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
         let (tx, rx) = mpsc::unbounded();
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.org().clone()).or_default().push(tx);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant.org().clone())
+            .or_default()
+            .push(tx);
         Ok(rx.boxed())
     }
 }
@@ -65,7 +74,13 @@ mod tests {
     fn dropped_subscribers_are_forgotten() {
         let bus = InMemoryEventBus::new();
         let org = OrgId::parse("o1").unwrap();
-        let tenant = Principal::from_verified_credential(org.clone(), UserId::parse("u").unwrap(), None, vec![]).tenant();
+        let tenant = Principal::from_verified_credential(
+            org.clone(),
+            UserId::parse("u").unwrap(),
+            None,
+            vec![],
+        )
+        .tenant();
         let mut kept = block_on(bus.subscribe(&tenant)).unwrap();
         let dropped = block_on(bus.subscribe(&tenant)).unwrap();
         assert_eq!(bus.subscriber_count(&org), 2);

@@ -8,7 +8,8 @@ use switchboard_core::crypto::TokenHash;
 use switchboard_core::tenancy::TenantContext;
 use switchboard_core::{ApiKeyId, LoginId, OrgId, Timestamp, UserId};
 use switchboard_ports::identity::{
-    ApiKeyMeta, ApiKeyRecord, IdentityStore, IdentityStoreError, LoginSession, Membership, NewApiKey, Org, User,
+    ApiKeyMeta, ApiKeyRecord, IdentityStore, IdentityStoreError, LoginSession, Membership,
+    NewApiKey, Org, User,
 };
 
 #[derive(Default)]
@@ -73,7 +74,11 @@ impl InMemoryIdentityStore {
 }
 
 /// Finds the one value whose hash matches, comparing against every row in constant time.
-fn find_by_hash<'a, T>(rows: impl Iterator<Item = &'a T>, hash: &TokenHash, hash_of: impl Fn(&T) -> &TokenHash) -> Option<&'a T>
+fn find_by_hash<'a, T>(
+    rows: impl Iterator<Item = &'a T>,
+    hash: &TokenHash,
+    hash_of: impl Fn(&T) -> &TokenHash,
+) -> Option<&'a T>
 where
     T: 'a,
 {
@@ -91,24 +96,36 @@ impl IdentityStore for InMemoryIdentityStore {
     async fn create_org(&self, org: &Org) -> Result<(), IdentityStoreError> {
         let mut st = self.state();
         if st.orgs.contains_key(&org.id) {
-            return Err(IdentityStoreError::Conflict(format!("org {} exists", org.id)));
+            return Err(IdentityStoreError::Conflict(format!(
+                "org {} exists",
+                org.id
+            )));
         }
         st.orgs.insert(org.id.clone(), org.clone());
         Ok(())
     }
 
     async fn org(&self, id: &OrgId) -> Result<Org, IdentityStoreError> {
-        self.state().orgs.get(id).cloned().ok_or_else(|| IdentityStoreError::NotFound(format!("org {id}")))
+        self.state()
+            .orgs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| IdentityStoreError::NotFound(format!("org {id}")))
     }
 
     async fn create_user(&self, user: &User) -> Result<(), IdentityStoreError> {
         let mut st = self.state();
         if st.users.contains_key(&user.id) {
-            return Err(IdentityStoreError::Conflict(format!("user {} exists", user.id)));
+            return Err(IdentityStoreError::Conflict(format!(
+                "user {} exists",
+                user.id
+            )));
         }
         let email = user.email.to_lowercase();
         if st.emails.contains_key(&email) {
-            return Err(IdentityStoreError::Conflict("a user with this email exists".to_string()));
+            return Err(IdentityStoreError::Conflict(
+                "a user with this email exists".to_string(),
+            ));
         }
         st.emails.insert(email, user.id.clone());
         st.users.insert(user.id.clone(), user.clone());
@@ -130,14 +147,23 @@ impl IdentityStore for InMemoryIdentityStore {
         st.require_user(&membership.user)?;
         let key = (membership.org.clone(), membership.user.clone());
         if st.memberships.contains_key(&key) {
-            return Err(IdentityStoreError::Conflict(format!("{} is already a member of {}", membership.user, membership.org)));
+            return Err(IdentityStoreError::Conflict(format!(
+                "{} is already a member of {}",
+                membership.user, membership.org
+            )));
         }
         st.memberships.insert(key, membership.clone());
         Ok(())
     }
 
     async fn memberships(&self, user: &UserId) -> Result<Vec<Membership>, IdentityStoreError> {
-        Ok(self.state().memberships.values().filter(|m| &m.user == user).cloned().collect())
+        Ok(self
+            .state()
+            .memberships
+            .values()
+            .filter(|m| &m.user == user)
+            .cloned()
+            .collect())
     }
 
     async fn create_api_key(&self, key: &NewApiKey) -> Result<(), IdentityStoreError> {
@@ -145,10 +171,15 @@ impl IdentityStore for InMemoryIdentityStore {
         st.require_org(&key.org)?;
         st.require_user(&key.user)?;
         if st.api_keys.contains_key(&key.id) {
-            return Err(IdentityStoreError::Conflict(format!("api key {} exists", key.id)));
+            return Err(IdentityStoreError::Conflict(format!(
+                "api key {} exists",
+                key.id
+            )));
         }
         if st.hash_taken(&key.hash) {
-            return Err(IdentityStoreError::Conflict("token hash already in use".to_string()));
+            return Err(IdentityStoreError::Conflict(
+                "token hash already in use".to_string(),
+            ));
         }
         let record = ApiKeyRecord {
             meta: ApiKeyMeta {
@@ -174,14 +205,27 @@ impl IdentityStore for InMemoryIdentityStore {
             .ok_or_else(|| IdentityStoreError::NotFound("no api key with this hash".to_string()))
     }
 
-    async fn list_api_keys(&self, tenant: &TenantContext) -> Result<Vec<ApiKeyMeta>, IdentityStoreError> {
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<Vec<ApiKeyMeta>, IdentityStoreError> {
         let st = self.state();
-        let mut keys: Vec<ApiKeyMeta> = st.api_keys.values().filter(|k| &k.org == tenant.org()).map(|k| k.meta.clone()).collect();
+        let mut keys: Vec<ApiKeyMeta> = st
+            .api_keys
+            .values()
+            .filter(|k| &k.org == tenant.org())
+            .map(|k| k.meta.clone())
+            .collect();
         keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(keys)
     }
 
-    async fn revoke_api_key(&self, tenant: &TenantContext, id: &ApiKeyId, at: Timestamp) -> Result<(), IdentityStoreError> {
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantContext,
+        id: &ApiKeyId,
+        at: Timestamp,
+    ) -> Result<(), IdentityStoreError> {
         let mut st = self.state();
         match st.api_keys.get_mut(id) {
             Some(k) if &k.org == tenant.org() => {
@@ -199,10 +243,15 @@ impl IdentityStore for InMemoryIdentityStore {
         st.require_org(&login.org)?;
         st.require_user(&login.user)?;
         if st.logins.contains_key(&login.id) {
-            return Err(IdentityStoreError::Conflict(format!("login {} exists", login.id)));
+            return Err(IdentityStoreError::Conflict(format!(
+                "login {} exists",
+                login.id
+            )));
         }
         if st.hash_taken(&login.hash) {
-            return Err(IdentityStoreError::Conflict("token hash already in use".to_string()));
+            return Err(IdentityStoreError::Conflict(
+                "token hash already in use".to_string(),
+            ));
         }
         st.logins.insert(login.id.clone(), login.clone());
         Ok(())
@@ -246,9 +295,23 @@ mod tests {
             scopes: vec![Scope::Sessions],
             created_at: Timestamp::EPOCH,
         };
-        assert!(matches!(block_on(store.create_api_key(&key)), Err(IdentityStoreError::NotFound(_))));
-        block_on(store.create_org(&Org { id: org.clone(), name: "o".to_string(), created_at: Timestamp::EPOCH })).unwrap();
-        block_on(store.create_user(&User { id: user.clone(), email: "a@b.c".to_string(), password_hash: None, created_at: Timestamp::EPOCH })).unwrap();
+        assert!(matches!(
+            block_on(store.create_api_key(&key)),
+            Err(IdentityStoreError::NotFound(_))
+        ));
+        block_on(store.create_org(&Org {
+            id: org.clone(),
+            name: "o".to_string(),
+            created_at: Timestamp::EPOCH,
+        }))
+        .unwrap();
+        block_on(store.create_user(&User {
+            id: user.clone(),
+            email: "a@b.c".to_string(),
+            password_hash: None,
+            created_at: Timestamp::EPOCH,
+        }))
+        .unwrap();
         block_on(store.create_api_key(&key)).unwrap();
         let login = LoginSession {
             id: LoginId::parse("l1").unwrap(),
@@ -258,7 +321,13 @@ mod tests {
             created_at: Timestamp::EPOCH,
             expires_at: Timestamp::from_millis(1),
         };
-        assert!(matches!(block_on(store.create_login(&login)), Err(IdentityStoreError::Conflict(_))));
-        assert!(matches!(block_on(store.delete_login(&login.id)), Err(IdentityStoreError::NotFound(_))));
+        assert!(matches!(
+            block_on(store.create_login(&login)),
+            Err(IdentityStoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            block_on(store.delete_login(&login.id)),
+            Err(IdentityStoreError::NotFound(_))
+        ));
     }
 }

@@ -24,7 +24,12 @@ impl InMemoryRunLedger {
 
     /// How many runs are recorded, across every org.
     pub fn len(&self) -> usize {
-        self.runs.lock().unwrap_or_else(|p| p.into_inner()).values().map(BTreeMap::len).sum()
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(BTreeMap::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -34,8 +39,14 @@ impl InMemoryRunLedger {
 
 /// Whether a run matches a query's filters (not its limit).
 pub fn matches_query(run: &RunRecord, query: &RunQuery) -> bool {
-    query.session_id.as_ref().is_none_or(|s| &run.session_id == s)
-        && query.api_key_id.as_ref().is_none_or(|k| run.api_key_id.as_ref() == Some(k))
+    query
+        .session_id
+        .as_ref()
+        .is_none_or(|s| &run.session_id == s)
+        && query
+            .api_key_id
+            .as_ref()
+            .is_none_or(|k| run.api_key_id.as_ref() == Some(k))
         && query.since.is_none_or(|t| run.ended_at >= t)
         && query.until.is_none_or(|t| run.ended_at < t)
 }
@@ -47,14 +58,23 @@ impl RunLedger for InMemoryRunLedger {
         events.sort_by_key(|e| e.seq);
         let mut seen = HashSet::with_capacity(events.len());
         if let Some(dup) = events.iter().find(|e| !seen.insert(e.seq)) {
-            return Err(RunLedgerError::Invalid(format!("run {} has two events with seq {}", run.run_id, dup.seq)));
+            return Err(RunLedgerError::Invalid(format!(
+                "run {} has two events with seq {}",
+                run.run_id, dup.seq
+            )));
         }
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         let org = runs.entry(run.org_id.clone()).or_default();
         if org.contains_key(&run.run_id) {
             return Ok(Recorded::AlreadyRecorded);
         }
-        org.insert(run.run_id.clone(), RunRecord { events, ..run.clone() });
+        org.insert(
+            run.run_id.clone(),
+            RunRecord {
+                events,
+                ..run.clone()
+            },
+        );
         Ok(Recorded::Inserted)
     }
 
@@ -67,7 +87,11 @@ impl RunLedger for InMemoryRunLedger {
     }
 
     /// Newest first by `ended_at`, then run id (descending); at most `query.limit` (0 lists none).
-    async fn list(&self, tenant: &TenantContext, query: &RunQuery) -> Result<Vec<RunRecord>, RunLedgerError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, RunLedgerError> {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         let mut found: Vec<&RunRecord> = runs
             .get(tenant.org())
@@ -76,7 +100,11 @@ impl RunLedger for InMemoryRunLedger {
             .filter(|r| matches_query(r, query))
             .collect();
         found.sort_by(|a, b| (b.ended_at, &b.run_id).cmp(&(a.ended_at, &a.run_id)));
-        Ok(found.into_iter().take(query.limit).map(RunRecord::summary).collect())
+        Ok(found
+            .into_iter()
+            .take(query.limit)
+            .map(RunRecord::summary)
+            .collect())
     }
 }
 
@@ -109,7 +137,15 @@ mod tests {
             event_count: seqs.len() as u64,
             events: seqs
                 .iter()
-                .map(|&seq| EventEnvelope { seq, run_id: None, at: Timestamp::EPOCH, critical: false, event: Event::MessageDelta { text: seq.to_string() } })
+                .map(|&seq| EventEnvelope {
+                    seq,
+                    run_id: None,
+                    at: Timestamp::EPOCH,
+                    critical: false,
+                    event: Event::MessageDelta {
+                        text: seq.to_string(),
+                    },
+                })
                 .collect(),
         }
     }
@@ -117,20 +153,49 @@ mod tests {
     #[test]
     fn events_are_kept_in_seq_order_and_duplicates_refused() {
         let ledger = InMemoryRunLedger::new();
-        assert!(matches!(block_on(ledger.record(&run(&[1, 2, 2]))), Err(RunLedgerError::Invalid(_))));
+        assert!(matches!(
+            block_on(ledger.record(&run(&[1, 2, 2]))),
+            Err(RunLedgerError::Invalid(_))
+        ));
         assert!(ledger.is_empty(), "a refused run writes nothing");
-        assert_eq!(block_on(ledger.record(&run(&[3, 1, 2]))).unwrap(), Recorded::Inserted);
+        assert_eq!(
+            block_on(ledger.record(&run(&[3, 1, 2]))).unwrap(),
+            Recorded::Inserted
+        );
         assert_eq!(ledger.len(), 1);
-        let r = &ledger.runs.lock().unwrap()[&OrgId::parse("o1").unwrap()][&RunId::parse("r1").unwrap()];
-        assert_eq!(r.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let r = &ledger.runs.lock().unwrap()[&OrgId::parse("o1").unwrap()]
+            [&RunId::parse("r1").unwrap()];
+        assert_eq!(
+            r.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 
     #[test]
     fn a_zero_limit_lists_nothing() {
         let ledger = InMemoryRunLedger::new();
         block_on(ledger.record(&run(&[1]))).unwrap();
-        let tenant = switchboard_core::tenancy::Principal::from_verified_credential(OrgId::parse("o1").unwrap(), UserId::parse("u1").unwrap(), None, vec![]).tenant();
-        assert!(block_on(ledger.list(&tenant, &RunQuery::default())).unwrap().is_empty());
-        assert_eq!(block_on(ledger.list(&tenant, &RunQuery { limit: 5, ..RunQuery::default() })).unwrap().len(), 1);
+        let tenant = switchboard_core::tenancy::Principal::from_verified_credential(
+            OrgId::parse("o1").unwrap(),
+            UserId::parse("u1").unwrap(),
+            None,
+            vec![],
+        )
+        .tenant();
+        assert!(block_on(ledger.list(&tenant, &RunQuery::default()))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            block_on(ledger.list(
+                &tenant,
+                &RunQuery {
+                    limit: 5,
+                    ..RunQuery::default()
+                }
+            ))
+            .unwrap()
+            .len(),
+            1
+        );
     }
 }

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use switchboard_core::crypto::constant_time_eq;
 use switchboard_core::tenancy::TenantContext;
 use switchboard_core::OrgId;
-use switchboard_ports::identity::{valid_provider, CredentialMeta, SealedSecret, SecretVault, SecretVaultError};
+use switchboard_ports::identity::{
+    valid_provider, CredentialMeta, SealedSecret, SecretVault, SecretVaultError,
+};
 use switchboard_ports::{Clock, SecretString};
 
 /// The key version this vault seals under.
@@ -52,14 +54,28 @@ impl InMemorySecretVault {
 
     /// A vault sealing under the given secret (two vaults with one secret open each other's blobs).
     pub fn with_secret(clock: Arc<dyn Clock>, secret: [u8; 32]) -> Self {
-        InMemorySecretVault { secret, clock, state: Mutex::new(State { next_nonce: 1, entries: BTreeMap::new() }) }
+        InMemorySecretVault {
+            secret,
+            clock,
+            state: Mutex::new(State {
+                next_nonce: 1,
+                entries: BTreeMap::new(),
+            }),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn keystream_xor(&self, org: &OrgId, provider: &str, version: u32, nonce: &[u8], data: &[u8]) -> Vec<u8> {
+    fn keystream_xor(
+        &self,
+        org: &OrgId,
+        provider: &str,
+        version: u32,
+        nonce: &[u8],
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(data.len());
         for (block, chunk) in data.chunks(32).enumerate() {
             let mut msg = Vec::new();
@@ -76,7 +92,14 @@ impl InMemorySecretVault {
         out
     }
 
-    fn tag(&self, org: &OrgId, provider: &str, version: u32, nonce: &[u8], ciphertext: &[u8]) -> [u8; 32] {
+    fn tag(
+        &self,
+        org: &OrgId,
+        provider: &str,
+        version: u32,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> [u8; 32] {
         let mut msg = Vec::new();
         field(&mut msg, b"tag");
         field(&mut msg, org.as_str().as_bytes());
@@ -99,7 +122,12 @@ impl InMemorySecretVault {
     }
 
     fn unseal(&self, org: &OrgId, sealed: &SealedSecret) -> Result<SecretString, SecretVaultError> {
-        let corrupt = || SecretVaultError::Corrupt(format!("sealed key for {} does not open under this org", sealed.provider));
+        let corrupt = || {
+            SecretVaultError::Corrupt(format!(
+                "sealed key for {} does not open under this org",
+                sealed.provider
+            ))
+        };
         if sealed.key_version != KEY_VERSION || sealed.blob.len() < NONCE_LEN + TAG_LEN {
             return Err(corrupt());
         }
@@ -109,8 +137,11 @@ impl InMemorySecretVault {
         if !constant_time_eq(tag, &expected) {
             return Err(corrupt());
         }
-        let plaintext = self.keystream_xor(org, &sealed.provider, sealed.key_version, nonce, ciphertext);
-        String::from_utf8(plaintext).map(SecretString::new).map_err(|_| corrupt())
+        let plaintext =
+            self.keystream_xor(org, &sealed.provider, sealed.key_version, nonce, ciphertext);
+        String::from_utf8(plaintext)
+            .map(SecretString::new)
+            .map_err(|_| corrupt())
     }
 }
 
@@ -140,7 +171,9 @@ fn check_provider(provider: &str) -> Result<(), SecretVaultError> {
     if valid_provider(provider) {
         Ok(())
     } else {
-        Err(SecretVaultError::Invalid("a provider name is 1-64 characters of [a-z0-9_.-]".to_string()))
+        Err(SecretVaultError::Invalid(
+            "a provider name is 1-64 characters of [a-z0-9_.-]".to_string(),
+        ))
     }
 }
 
@@ -149,12 +182,21 @@ fn not_found(provider: &str) -> SecretVaultError {
 }
 
 fn meta(sealed: &SealedSecret) -> CredentialMeta {
-    CredentialMeta { provider: sealed.provider.clone(), last4: sealed.last4.clone(), updated_at: sealed.updated_at }
+    CredentialMeta {
+        provider: sealed.provider.clone(),
+        last4: sealed.last4.clone(),
+        updated_at: sealed.updated_at,
+    }
 }
 
 #[async_trait]
 impl SecretVault for InMemorySecretVault {
-    async fn put(&self, tenant: &TenantContext, provider: &str, secret: &SecretString) -> Result<CredentialMeta, SecretVaultError> {
+    async fn put(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+        secret: &SecretString,
+    ) -> Result<CredentialMeta, SecretVaultError> {
         check_provider(provider)?;
         if secret.expose().is_empty() {
             return Err(SecretVaultError::Invalid("the key is empty".to_string()));
@@ -171,44 +213,84 @@ impl SecretVault for InMemorySecretVault {
             updated_at: now,
         };
         let out = meta(&sealed);
-        st.entries.insert((tenant.org().clone(), provider.to_string()), sealed);
+        st.entries
+            .insert((tenant.org().clone(), provider.to_string()), sealed);
         Ok(out)
     }
 
-    async fn open(&self, tenant: &TenantContext, provider: &str) -> Result<SecretString, SecretVaultError> {
+    async fn open(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+    ) -> Result<SecretString, SecretVaultError> {
         check_provider(provider)?;
-        let sealed = self.state().entries.get(&(tenant.org().clone(), provider.to_string())).cloned().ok_or_else(|| not_found(provider))?;
+        let sealed = self
+            .state()
+            .entries
+            .get(&(tenant.org().clone(), provider.to_string()))
+            .cloned()
+            .ok_or_else(|| not_found(provider))?;
         self.unseal(tenant.org(), &sealed)
     }
 
     async fn list(&self, tenant: &TenantContext) -> Result<Vec<CredentialMeta>, SecretVaultError> {
-        Ok(self.state().entries.iter().filter(|((org, _), _)| org == tenant.org()).map(|(_, s)| meta(s)).collect())
+        Ok(self
+            .state()
+            .entries
+            .iter()
+            .filter(|((org, _), _)| org == tenant.org())
+            .map(|(_, s)| meta(s))
+            .collect())
     }
 
     async fn delete(&self, tenant: &TenantContext, provider: &str) -> Result<(), SecretVaultError> {
         check_provider(provider)?;
-        match self.state().entries.remove(&(tenant.org().clone(), provider.to_string())) {
+        match self
+            .state()
+            .entries
+            .remove(&(tenant.org().clone(), provider.to_string()))
+        {
             Some(_) => Ok(()),
             None => Err(not_found(provider)),
         }
     }
 
-    async fn export_sealed(&self, tenant: &TenantContext, provider: &str) -> Result<SealedSecret, SecretVaultError> {
+    async fn export_sealed(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+    ) -> Result<SealedSecret, SecretVaultError> {
         check_provider(provider)?;
-        self.state().entries.get(&(tenant.org().clone(), provider.to_string())).cloned().ok_or_else(|| not_found(provider))
+        self.state()
+            .entries
+            .get(&(tenant.org().clone(), provider.to_string()))
+            .cloned()
+            .ok_or_else(|| not_found(provider))
     }
 
     /// Stores a sealed blob as-is under the importing tenant (a backup restore). The blob is not
     /// opened here: one sealed for another org is accepted and fails `Corrupt` at `open`.
-    async fn import_sealed(&self, tenant: &TenantContext, sealed: &SealedSecret) -> Result<(), SecretVaultError> {
+    async fn import_sealed(
+        &self,
+        tenant: &TenantContext,
+        sealed: &SealedSecret,
+    ) -> Result<(), SecretVaultError> {
         check_provider(&sealed.provider)?;
         if sealed.key_version != KEY_VERSION {
-            return Err(SecretVaultError::Invalid(format!("unknown key version {}", sealed.key_version)));
+            return Err(SecretVaultError::Invalid(format!(
+                "unknown key version {}",
+                sealed.key_version
+            )));
         }
         if sealed.blob.len() < NONCE_LEN + TAG_LEN {
-            return Err(SecretVaultError::Invalid("sealed blob too short".to_string()));
+            return Err(SecretVaultError::Invalid(
+                "sealed blob too short".to_string(),
+            ));
         }
-        self.state().entries.insert((tenant.org().clone(), sealed.provider.clone()), sealed.clone());
+        self.state().entries.insert(
+            (tenant.org().clone(), sealed.provider.clone()),
+            sealed.clone(),
+        );
         Ok(())
     }
 }
@@ -225,7 +307,13 @@ mod tests {
     }
 
     fn tenant(org: &str) -> TenantContext {
-        Principal::from_verified_credential(OrgId::parse(org).unwrap(), UserId::parse("u").unwrap(), None, vec![]).tenant()
+        Principal::from_verified_credential(
+            OrgId::parse(org).unwrap(),
+            UserId::parse("u").unwrap(),
+            None,
+            vec![],
+        )
+        .tenant()
     }
 
     fn clock() -> Arc<dyn Clock> {
@@ -239,7 +327,10 @@ mod tests {
         key[..4].copy_from_slice(b"Jefe");
         let mac = hmac_sha256(&key, b"what do ya want for nothing?");
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
@@ -249,7 +340,10 @@ mod tests {
         let t = tenant("o1");
         block_on(a.put(&t, "openai", &SecretString::new(secret))).unwrap();
         let sealed = block_on(a.export_sealed(&t, "openai")).unwrap();
-        assert!(!sealed.blob.windows(8).any(|w| secret.as_bytes().windows(8).any(|s| s == w)));
+        assert!(!sealed
+            .blob
+            .windows(8)
+            .any(|w| secret.as_bytes().windows(8).any(|s| s == w)));
         assert_eq!(sealed.blob.len(), NONCE_LEN + secret.len() + TAG_LEN);
 
         // The same secret opens it elsewhere (a restore); another vault's secret does not.
@@ -258,7 +352,10 @@ mod tests {
         assert_eq!(block_on(same.open(&t, "openai")).unwrap().expose(), secret);
         let other = InMemorySecretVault::new(clock());
         block_on(other.import_sealed(&t, &sealed)).unwrap();
-        assert!(matches!(block_on(other.open(&t, "openai")), Err(SecretVaultError::Corrupt(_))));
+        assert!(matches!(
+            block_on(other.open(&t, "openai")),
+            Err(SecretVaultError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -271,11 +368,26 @@ mod tests {
         let second = block_on(v.export_sealed(&t, "openai")).unwrap();
         assert_ne!(first.blob, second.blob, "each seal uses a fresh nonce");
 
-        let renamed = SealedSecret { provider: "anthropic".to_string(), ..second };
+        let renamed = SealedSecret {
+            provider: "anthropic".to_string(),
+            ..second
+        };
         block_on(v.import_sealed(&t, &renamed)).unwrap();
-        assert!(matches!(block_on(v.open(&t, "anthropic")), Err(SecretVaultError::Corrupt(_))));
-        let bad_version = SealedSecret { key_version: 9, ..first };
-        assert!(matches!(block_on(v.import_sealed(&t, &bad_version)), Err(SecretVaultError::Invalid(_))));
-        assert!(matches!(block_on(v.put(&t, "openai", &SecretString::new(""))), Err(SecretVaultError::Invalid(_))));
+        assert!(matches!(
+            block_on(v.open(&t, "anthropic")),
+            Err(SecretVaultError::Corrupt(_))
+        ));
+        let bad_version = SealedSecret {
+            key_version: 9,
+            ..first
+        };
+        assert!(matches!(
+            block_on(v.import_sealed(&t, &bad_version)),
+            Err(SecretVaultError::Invalid(_))
+        ));
+        assert!(matches!(
+            block_on(v.put(&t, "openai", &SecretString::new(""))),
+            Err(SecretVaultError::Invalid(_))
+        ));
     }
 }

@@ -1,1 +1,13 @@
-//! placeholder
+//! The reference Switchboard server: the operations behind the HTTP API (`app`), how the ports are
+//! wired (`stack`), and an in-process scripted sandbox used until the bridge exists (`scripted`).
+//!
+//! Architecture Invariant: the server holds no business rule the core could hold. It parses,
+//! authenticates, checks scopes, mints ids and maps errors; sessions are the core's business.
+
+pub mod app;
+pub mod journey;
+pub mod mint;
+pub mod scripted;
+pub mod stack;
+
+pub use app::{ApiError, App};

@@ -35,7 +35,8 @@ impl TempDir {
     /// A fresh, empty directory under the system temp dir, unique to this process and call.
     pub fn new(purpose: &str) -> Result<TempDir, String> {
         let n = TEMP_DIRS.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("switchboard-{purpose}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("switchboard-{purpose}-{}-{n}", std::process::id()));
         // A leftover from a crashed run with a recycled pid must not leak into this fixture.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
@@ -53,17 +54,46 @@ impl Drop for TempDir {
     }
 }
 
-fn entry(org: Option<&OrgId>, secs: u64, action: AuditAction, target: &str, outcome: AuditOutcome) -> AuditEntry {
-    AuditEntry { at: at(secs), org: org.cloned(), actor: Some(new_user_id()), action, target: target.to_string(), outcome }
+fn entry(
+    org: Option<&OrgId>,
+    secs: u64,
+    action: AuditAction,
+    target: &str,
+    outcome: AuditOutcome,
+) -> AuditEntry {
+    AuditEntry {
+        at: at(secs),
+        org: org.cloned(),
+        actor: Some(new_user_id()),
+        action,
+        target: target.to_string(),
+        outcome,
+    }
 }
 
 /// A mix of actions for `org`, one per second from `from`.
 fn entries(org: &OrgId, from: u64, n: u64) -> Vec<AuditEntry> {
-    let actions = [AuditAction::Login, AuditAction::ApiKeyCreated, AuditAction::CredentialWritten, AuditAction::CrossTenantDenied, AuditAction::SessionCreated];
+    let actions = [
+        AuditAction::Login,
+        AuditAction::ApiKeyCreated,
+        AuditAction::CredentialWritten,
+        AuditAction::CrossTenantDenied,
+        AuditAction::SessionCreated,
+    ];
     (0..n)
         .map(|i| {
-            let outcome = if i % 3 == 2 { AuditOutcome::Denied } else { AuditOutcome::Allowed };
-            entry(Some(org), from + i, actions[i as usize % actions.len()], &format!("target-{i} \"quoted\" ✓"), outcome)
+            let outcome = if i % 3 == 2 {
+                AuditOutcome::Denied
+            } else {
+                AuditOutcome::Allowed
+            };
+            entry(
+                Some(org),
+                from + i,
+                actions[i as usize % actions.len()],
+                &format!("target-{i} \"quoted\" ✓"),
+                outcome,
+            )
         })
         .collect()
 }
@@ -75,9 +105,18 @@ fn newest_first(v: &[AuditEntry]) -> Vec<AuditEntry> {
 /// One case per `# Contract` bullet of `AuditLog`.
 pub fn cases() -> Vec<Case<Fixture>> {
     vec![
-        Case { name: "append_then_list", run: |f| Box::pin(append_then_list(f)) },
-        Case { name: "tenant_isolation", run: |f| Box::pin(tenant_isolation(f)) },
-        Case { name: "entries_are_immutable", run: |f| Box::pin(entries_are_immutable(f)) },
+        Case {
+            name: "append_then_list",
+            run: |f| Box::pin(append_then_list(f)),
+        },
+        Case {
+            name: "tenant_isolation",
+            run: |f| Box::pin(tenant_isolation(f)),
+        },
+        Case {
+            name: "entries_are_immutable",
+            run: |f| Box::pin(entries_are_immutable(f)),
+        },
     ]
 }
 
@@ -88,9 +127,20 @@ async fn append_then_list(f: Fixture) -> CaseResult {
     for e in &written {
         ok!(f.log.append(e).await);
     }
-    ensure_eq!(ok!(f.log.list(&t, 100).await), newest_first(&written), "every entry, newest first");
-    ensure_eq!(ok!(f.log.list(&t, 2).await), newest_first(&written[4..]), "at most limit, the newest");
-    ensure!(ok!(f.log.list(&t, 0).await).is_empty(), "a limit of 0 lists nothing");
+    ensure_eq!(
+        ok!(f.log.list(&t, 100).await),
+        newest_first(&written),
+        "every entry, newest first"
+    );
+    ensure_eq!(
+        ok!(f.log.list(&t, 2).await),
+        newest_first(&written[4..]),
+        "at most limit, the newest"
+    );
+    ensure!(
+        ok!(f.log.list(&t, 0).await).is_empty(),
+        "a limit of 0 lists nothing"
+    );
     Ok(())
 }
 
@@ -102,11 +152,31 @@ async fn tenant_isolation(f: Fixture) -> CaseResult {
         ok!(f.log.append(y).await);
     }
     // An entry with no org (a failed login for an unknown email) belongs to no tenant.
-    ok!(f.log.append(&entry(None, 12, AuditAction::LoginFailed, "nobody@example.com", AuditOutcome::Denied)).await);
+    ok!(f
+        .log
+        .append(&entry(
+            None,
+            12,
+            AuditAction::LoginFailed,
+            "nobody@example.com",
+            AuditOutcome::Denied
+        ))
+        .await);
 
-    ensure_eq!(ok!(f.log.list(&tenant(&a), 100).await), newest_first(&ea), "org A sees only its entries");
-    ensure_eq!(ok!(f.log.list(&tenant(&b), 100).await), newest_first(&eb), "org B sees only its entries");
-    ensure!(ok!(f.log.list(&tenant(&new_org_id()), 100).await).is_empty(), "a new org sees nothing");
+    ensure_eq!(
+        ok!(f.log.list(&tenant(&a), 100).await),
+        newest_first(&ea),
+        "org A sees only its entries"
+    );
+    ensure_eq!(
+        ok!(f.log.list(&tenant(&b), 100).await),
+        newest_first(&eb),
+        "org B sees only its entries"
+    );
+    ensure!(
+        ok!(f.log.list(&tenant(&new_org_id()), 100).await).is_empty(),
+        "a new org sees nothing"
+    );
     Ok(())
 }
 
@@ -125,8 +195,16 @@ async fn entries_are_immutable(f: Fixture) -> CaseResult {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let outcome = if e.outcome == AuditOutcome::Allowed { AuditOutcome::Denied } else { AuditOutcome::Allowed };
-            AuditEntry { at: at(20 + i as u64), outcome, ..e.clone() }
+            let outcome = if e.outcome == AuditOutcome::Allowed {
+                AuditOutcome::Denied
+            } else {
+                AuditOutcome::Allowed
+            };
+            AuditEntry {
+                at: at(20 + i as u64),
+                outcome,
+                ..e.clone()
+            }
         })
         .collect();
     for e in &later {
@@ -134,7 +212,11 @@ async fn entries_are_immutable(f: Fixture) -> CaseResult {
     }
     let after = ok!(f.log.list(&t, 100).await);
     ensure_eq!(after.len(), 6, "appends add entries");
-    ensure_eq!(after[3..].to_vec(), before, "the earlier entries are unchanged");
+    ensure_eq!(
+        after[3..].to_vec(),
+        before,
+        "the earlier entries are unchanged"
+    );
     ensure_eq!(after[..3].to_vec(), newest_first(&later));
     Ok(())
 }
@@ -142,11 +224,21 @@ async fn entries_are_immutable(f: Fixture) -> CaseResult {
 /// Every implementation of `AuditLog`. The database logs arrive in a later issue.
 pub fn implementations() -> Vec<Implementation<Fixture>> {
     vec![
-        Implementation::new("in_memory", ImplKind::Fake, || async { Ok(Fixture { log: Arc::new(InMemoryAuditLog::new()), temp_dir: None }) }),
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            Ok(Fixture {
+                log: Arc::new(InMemoryAuditLog::new()),
+                temp_dir: None,
+            })
+        }),
         Implementation::new("jsonl", ImplKind::Adapter, || async {
             let dir = TempDir::new("jsonl-audit")?;
-            let log = JsonLinesAuditLog::open(dir.path().join("audit.jsonl")).await.map_err(|e| e.to_string())?;
-            Ok(Fixture { log: Arc::new(log), temp_dir: Some(dir) })
+            let log = JsonLinesAuditLog::open(dir.path().join("audit.jsonl"))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Fixture {
+                log: Arc::new(log),
+                temp_dir: Some(dir),
+            })
         }),
     ]
 }
@@ -168,7 +260,11 @@ impl AuditLog for Faulty<dyn AuditLog> {
     async fn append(&self, entry: &AuditEntry) -> Result<(), AuditLogError> {
         self.call("append", || self.inner.append(entry)).await
     }
-    async fn list(&self, tenant: &TenantContext, limit: usize) -> Result<Vec<AuditEntry>, AuditLogError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditLogError> {
         self.call("list", || self.inner.list(tenant, limit)).await
     }
 }
@@ -183,7 +279,11 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(PortId::AuditLog, &Implementation::new(name, ImplKind::Adapter, make), &cases()))
+    Report::run(harness::trials(
+        PortId::AuditLog,
+        &Implementation::new(name, ImplKind::Adapter, make),
+        &cases(),
+    ))
 }
 
 /// None here: the log's faults are exercised through the session lifecycle, by the disruption suite.
@@ -198,6 +298,41 @@ mod tests {
     #[test]
     fn contract_cases_pass() {
         Report::run(suite().trials).assert_all_passed();
+    }
+
+    /// A log that lists oldest first.
+    struct OldestFirst(InMemoryAuditLog);
+
+    #[async_trait]
+    impl AuditLog for OldestFirst {
+        async fn append(&self, entry: &AuditEntry) -> Result<(), AuditLogError> {
+            self.0.append(entry).await
+        }
+        async fn list(
+            &self,
+            tenant: &TenantContext,
+            limit: usize,
+        ) -> Result<Vec<AuditEntry>, AuditLogError> {
+            let mut v = self.0.list(tenant, usize::MAX).await?;
+            v.reverse();
+            v.truncate(limit);
+            Ok(v)
+        }
+    }
+
+    #[test]
+    fn check_reports_a_log_listing_oldest_first() {
+        let report = check("oldest_first", || async {
+            Ok(Fixture {
+                log: Arc::new(OldestFirst(InMemoryAuditLog::new())),
+                temp_dir: None,
+            })
+        });
+        let failed: Vec<&str> = report.failures().iter().map(|(n, _)| *n).collect();
+        assert!(
+            failed.contains(&"audit_log::oldest_first::append_then_list"),
+            "{failed:?}"
+        );
     }
 
     #[test]

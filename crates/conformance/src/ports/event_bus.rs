@@ -27,7 +27,12 @@ pub struct Fixture {
 
 /// A status change of a fresh session of `org`, at second `n`.
 fn event(org: &OrgId, n: u64) -> OrgEvent {
-    let status = [SessionStatus::Provisioning, SessionStatus::Ready, SessionStatus::Running, SessionStatus::Closed][n as usize % 4];
+    let status = [
+        SessionStatus::Provisioning,
+        SessionStatus::Ready,
+        SessionStatus::Running,
+        SessionStatus::Closed,
+    ][n as usize % 4];
     OrgEvent {
         org_id: org.clone(),
         session_id: SessionId::parse(unique("session")).expect("a valid session id"),
@@ -39,15 +44,26 @@ fn event(org: &OrgId, n: u64) -> OrgEvent {
 
 /// The next event of a subscription, failing if the stream ends or stays silent.
 async fn next(sub: &mut BoxStream<'static, OrgEvent>, who: &str) -> Result<OrgEvent, String> {
-    within(&format!("{who}'s next event"), sub.next()).await?.ok_or_else(|| format!("{who}'s stream ended"))
+    within(&format!("{who}'s next event"), sub.next())
+        .await?
+        .ok_or_else(|| format!("{who}'s stream ended"))
 }
 
 /// One case per `# Contract` bullet of `EventBus`.
 pub fn cases() -> Vec<Case<Fixture>> {
     vec![
-        Case { name: "subscriber_receives_published", run: |f| Box::pin(subscriber_receives_published(f)) },
-        Case { name: "tenant_isolation", run: |f| Box::pin(tenant_isolation(f)) },
-        Case { name: "many_subscribers", run: |f| Box::pin(many_subscribers(f)) },
+        Case {
+            name: "subscriber_receives_published",
+            run: |f| Box::pin(subscriber_receives_published(f)),
+        },
+        Case {
+            name: "tenant_isolation",
+            run: |f| Box::pin(tenant_isolation(f)),
+        },
+        Case {
+            name: "many_subscribers",
+            run: |f| Box::pin(many_subscribers(f)),
+        },
     ]
 }
 
@@ -61,7 +77,11 @@ async fn subscriber_receives_published(f: Fixture) -> CaseResult {
     }
     for (i, want) in published.iter().enumerate() {
         // The first one received is the first published after subscribing, not the earlier one.
-        ensure_eq!(next(&mut sub, "the subscriber").await?, *want, "event {i} in publish order");
+        ensure_eq!(
+            next(&mut sub, "the subscriber").await?,
+            *want,
+            "event {i} in publish order"
+        );
     }
     Ok(())
 }
@@ -113,8 +133,16 @@ async fn many_subscribers(f: Fixture) -> CaseResult {
 /// Every implementation of `EventBus`.
 pub fn implementations() -> Vec<Implementation<Fixture>> {
     vec![
-        Implementation::new("in_memory", ImplKind::Fake, || async { Ok(Fixture { bus: Arc::new(InMemoryEventBus::new()) }) }),
-        Implementation::new("tokio_broadcast", ImplKind::Adapter, || async { Ok(Fixture { bus: Arc::new(TokioBroadcastEventBus::new()) }) }),
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            Ok(Fixture {
+                bus: Arc::new(InMemoryEventBus::new()),
+            })
+        }),
+        Implementation::new("tokio_broadcast", ImplKind::Adapter, || async {
+            Ok(Fixture {
+                bus: Arc::new(TokioBroadcastEventBus::new()),
+            })
+        }),
     ]
 }
 
@@ -135,8 +163,12 @@ impl EventBus for Faulty<dyn EventBus> {
     async fn publish(&self, event: &OrgEvent) -> Result<(), EventBusError> {
         self.call("publish", || self.inner.publish(event)).await
     }
-    async fn subscribe(&self, tenant: &TenantContext) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
-        self.call("subscribe", || self.inner.subscribe(tenant)).await
+    async fn subscribe(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
+        self.call("subscribe", || self.inner.subscribe(tenant))
+            .await
     }
 }
 
@@ -150,7 +182,11 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(PortId::EventBus, &Implementation::new(name, ImplKind::Adapter, make), &cases()))
+    Report::run(harness::trials(
+        PortId::EventBus,
+        &Implementation::new(name, ImplKind::Adapter, make),
+        &cases(),
+    ))
 }
 
 /// None here: the bus's faults are exercised through the session lifecycle, by the disruption suite.
@@ -165,5 +201,40 @@ mod tests {
     #[test]
     fn contract_cases_pass() {
         Report::run(suite().trials).assert_all_passed();
+    }
+
+    /// A bus that forgets which org a subscriber belongs to.
+    struct Everyone(InMemoryEventBus, TenantContext);
+
+    #[async_trait]
+    impl EventBus for Everyone {
+        async fn publish(&self, event: &OrgEvent) -> Result<(), EventBusError> {
+            self.0
+                .publish(&OrgEvent {
+                    org_id: self.1.org().clone(),
+                    ..event.clone()
+                })
+                .await
+        }
+        async fn subscribe(
+            &self,
+            _: &TenantContext,
+        ) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
+            self.0.subscribe(&self.1).await
+        }
+    }
+
+    #[test]
+    fn check_reports_a_bus_that_leaks_across_orgs() {
+        let report = check("everyone", || async {
+            Ok(Fixture {
+                bus: Arc::new(Everyone(InMemoryEventBus::new(), tenant(&new_org_id()))),
+            })
+        });
+        let failed: Vec<&str> = report.failures().iter().map(|(n, _)| *n).collect();
+        assert!(
+            failed.contains(&"event_bus::everyone::tenant_isolation"),
+            "{failed:?}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 
 use crate::disruption::DisruptionCase;
 use crate::fault::{CatalogEntry, Fault, FaultPlan, Faulty};
-use crate::harness::{self, BoxFut, Case, CaseResult, ImplKind, Implementation, Outcome, Report, CASE_TIMEOUT};
+use crate::harness::{
+    self, BoxFut, Case, CaseResult, ImplKind, Implementation, Outcome, Report, CASE_TIMEOUT,
+};
 use crate::registry::PortSuite;
 use crate::{ensure, ensure_eq, expect_class, ok};
 use async_trait::async_trait;
@@ -20,7 +22,8 @@ use switchboard_fakes::authenticator::{hash_token, InMemoryAuthenticator};
 use switchboard_fakes::identity_store::InMemoryIdentityStore;
 use switchboard_fakes::InMemoryClock;
 use switchboard_ports::identity::{
-    ApiKeyMeta, ApiKeyRecord, Authenticator, Credential, IdentityStore, IdentityStoreError, LoginSession, Membership, NewApiKey, Org, Role, User,
+    ApiKeyMeta, ApiKeyRecord, Authenticator, Credential, IdentityStore, IdentityStoreError,
+    LoginSession, Membership, NewApiKey, Org, Role, User,
 };
 use switchboard_ports::{Classify, PortId, SecretString};
 
@@ -32,7 +35,11 @@ static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
 /// A name no other case in this process uses: `prefix-pid-n`.
 pub(crate) fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub(crate) fn new_org_id() -> OrgId {
@@ -45,7 +52,13 @@ pub(crate) fn new_user_id() -> UserId {
 
 /// The tenant context of `org`, as an authenticator would produce it.
 pub(crate) fn tenant(org: &OrgId) -> TenantContext {
-    Principal::from_verified_credential(org.clone(), UserId::parse("conformance").expect("a valid user id"), None, Vec::new()).tenant()
+    Principal::from_verified_credential(
+        org.clone(),
+        UserId::parse("conformance").expect("a valid user id"),
+        None,
+        Vec::new(),
+    )
+    .tenant()
 }
 
 /// A fixed instant (2026-01-01T00:00:00Z) plus `secs` seconds.
@@ -68,27 +81,48 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// Checks that `result` failed with the class `fault` makes callers see.
-pub(crate) fn expect_fault<T: std::fmt::Debug, E: Classify + std::fmt::Display>(what: &str, result: Result<T, E>, fault: Fault) -> CaseResult {
-    let want = fault.class().ok_or_else(|| format!("{what}: {fault:?} has no error class"))?;
+pub(crate) fn expect_fault<T: std::fmt::Debug, E: Classify + std::fmt::Display>(
+    what: &str,
+    result: Result<T, E>,
+    fault: Fault,
+) -> CaseResult {
+    let want = fault
+        .class()
+        .ok_or_else(|| format!("{what}: {fault:?} has no error class"))?;
     match result {
-        Ok(v) => Err(format!("{what} succeeded with {v:?} under {fault:?}; expected a {want:?} error")),
+        Ok(v) => Err(format!(
+            "{what} succeeded with {v:?} under {fault:?}; expected a {want:?} error"
+        )),
         Err(e) if e.class() == want => Ok(()),
-        Err(e) => Err(format!("{what} failed as {:?} ({e}) under {fault:?}; expected {want:?}", e.class())),
+        Err(e) => Err(format!(
+            "{what} failed as {:?} ({e}) under {fault:?}; expected {want:?}",
+            e.class()
+        )),
     }
 }
 
 /// Runs a disruption flow for one catalog entry on its own runtime, as the runner does for trials.
-pub(crate) fn disruption_case(port: PortId, entry: &CatalogEntry, flow: fn(CatalogEntry) -> BoxFut<'static, CaseResult>) -> DisruptionCase {
+pub(crate) fn disruption_case(
+    port: PortId,
+    entry: &CatalogEntry,
+    flow: fn(CatalogEntry) -> BoxFut<'static, CaseResult>,
+) -> DisruptionCase {
     let entry = *entry;
     DisruptionCase {
         port,
         entry: entry.name(),
         run: Box::new(move || {
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| harness::block_on(async move { tokio::time::timeout(CASE_TIMEOUT, flow(entry)).await })));
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                harness::block_on(
+                    async move { tokio::time::timeout(CASE_TIMEOUT, flow(entry)).await },
+                )
+            }));
             match ran {
                 Ok(Ok(Ok(()))) => Outcome::Passed,
                 Ok(Ok(Err(msg))) => Outcome::Failed(msg),
-                Ok(Err(_)) => Outcome::Failed(format!("disruption did not finish within {CASE_TIMEOUT:?}")),
+                Ok(Err(_)) => {
+                    Outcome::Failed(format!("disruption did not finish within {CASE_TIMEOUT:?}"))
+                }
                 Err(p) => Outcome::Failed(harness::panic_message(&p)),
             }
         }),
@@ -96,17 +130,40 @@ pub(crate) fn disruption_case(port: PortId, entry: &CatalogEntry, flow: fn(Catal
 }
 
 /// Creates an org, a user and the user's membership with `role`.
-pub(crate) async fn seed_member(store: &dyn IdentityStore, role: Role) -> Result<(OrgId, UserId), String> {
-    let org = Org { id: new_org_id(), name: "Acme".to_string(), created_at: at(0) };
-    let user = User { id: new_user_id(), email: format!("{}@example.com", unique("someone")), password_hash: None, created_at: at(0) };
+pub(crate) async fn seed_member(
+    store: &dyn IdentityStore,
+    role: Role,
+) -> Result<(OrgId, UserId), String> {
+    let org = Org {
+        id: new_org_id(),
+        name: "Acme".to_string(),
+        created_at: at(0),
+    };
+    let user = User {
+        id: new_user_id(),
+        email: format!("{}@example.com", unique("someone")),
+        password_hash: None,
+        created_at: at(0),
+    };
     ok!(store.create_org(&org).await);
     ok!(store.create_user(&user).await);
-    ok!(store.add_member(&Membership { org: org.id.clone(), user: user.id.clone(), role }).await);
+    ok!(store
+        .add_member(&Membership {
+            org: org.id.clone(),
+            user: user.id.clone(),
+            role
+        })
+        .await);
     Ok((org.id, user.id))
 }
 
 /// A new API key row for `token`.
-pub(crate) fn api_key_row(org: &OrgId, user: &UserId, token: &str, scopes: Vec<Scope>) -> NewApiKey {
+pub(crate) fn api_key_row(
+    org: &OrgId,
+    user: &UserId,
+    token: &str,
+    scopes: Vec<Scope>,
+) -> NewApiKey {
     NewApiKey {
         id: ApiKeyId::parse(unique("key")).expect("a valid key id"),
         org: org.clone(),
@@ -120,7 +177,13 @@ pub(crate) fn api_key_row(org: &OrgId, user: &UserId, token: &str, scopes: Vec<S
 }
 
 /// A login session row for `token`, expiring `ttl` after `created_at`.
-pub(crate) fn login_row(org: &OrgId, user: &UserId, token: &str, created_at: Timestamp, ttl: Duration) -> LoginSession {
+pub(crate) fn login_row(
+    org: &OrgId,
+    user: &UserId,
+    token: &str,
+    created_at: Timestamp,
+    ttl: Duration,
+) -> LoginSession {
     LoginSession {
         id: LoginId::parse(unique("login")).expect("a valid login id"),
         org: org.clone(),
@@ -133,7 +196,9 @@ pub(crate) fn login_row(org: &OrgId, user: &UserId, token: &str, created_at: Tim
 
 /// A timeout for waiting on something a case expects to happen promptly.
 pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(Duration::from_secs(10), fut).await.map_err(|_| format!("{what} did not happen within 10s"))
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| format!("{what} did not happen within 10s"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,52 +213,128 @@ pub struct Fixture {
 /// One case per `# Contract` bullet of `IdentityStore`.
 pub fn cases() -> Vec<Case<Fixture>> {
     vec![
-        Case { name: "create_org_and_find", run: |f| Box::pin(create_org_and_find(f)) },
-        Case { name: "user_email_unique", run: |f| Box::pin(user_email_unique(f)) },
-        Case { name: "membership_roles", run: |f| Box::pin(membership_roles(f)) },
-        Case { name: "api_key_stored_hashed", run: |f| Box::pin(api_key_stored_hashed(f)) },
-        Case { name: "api_key_listing_is_tenant_scoped", run: |f| Box::pin(api_key_listing_is_tenant_scoped(f)) },
-        Case { name: "api_key_revoke", run: |f| Box::pin(api_key_revoke(f)) },
-        Case { name: "login_session_round_trip", run: |f| Box::pin(login_session_round_trip(f)) },
+        Case {
+            name: "create_org_and_find",
+            run: |f| Box::pin(create_org_and_find(f)),
+        },
+        Case {
+            name: "user_email_unique",
+            run: |f| Box::pin(user_email_unique(f)),
+        },
+        Case {
+            name: "membership_roles",
+            run: |f| Box::pin(membership_roles(f)),
+        },
+        Case {
+            name: "api_key_stored_hashed",
+            run: |f| Box::pin(api_key_stored_hashed(f)),
+        },
+        Case {
+            name: "api_key_listing_is_tenant_scoped",
+            run: |f| Box::pin(api_key_listing_is_tenant_scoped(f)),
+        },
+        Case {
+            name: "api_key_revoke",
+            run: |f| Box::pin(api_key_revoke(f)),
+        },
+        Case {
+            name: "login_session_round_trip",
+            run: |f| Box::pin(login_session_round_trip(f)),
+        },
     ]
 }
 
 async fn create_org_and_find(f: Fixture) -> CaseResult {
-    let org = Org { id: new_org_id(), name: "Acme Corp".to_string(), created_at: at(0) };
+    let org = Org {
+        id: new_org_id(),
+        name: "Acme Corp".to_string(),
+        created_at: at(0),
+    };
     ok!(f.store.create_org(&org).await);
-    ensure_eq!(ok!(f.store.org(&org.id).await), org, "the org reads back equal");
+    ensure_eq!(
+        ok!(f.store.org(&org.id).await),
+        org,
+        "the org reads back equal"
+    );
     expect_class!(f.store.org(&new_org_id()).await, ErrorClass::NotFound);
     Ok(())
 }
 
 async fn user_email_unique(f: Fixture) -> CaseResult {
     let email = format!("{}@Example.com", unique("ann"));
-    let first = User { id: new_user_id(), email: email.clone(), password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string()), created_at: at(0) };
+    let first = User {
+        id: new_user_id(),
+        email: email.clone(),
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string()),
+        created_at: at(0),
+    };
     ok!(f.store.create_user(&first).await);
-    let same_email = User { id: new_user_id(), email: email.to_uppercase(), password_hash: None, created_at: at(1) };
+    let same_email = User {
+        id: new_user_id(),
+        email: email.to_uppercase(),
+        password_hash: None,
+        created_at: at(1),
+    };
     expect_class!(f.store.create_user(&same_email).await, ErrorClass::Conflict);
-    let lower = User { id: new_user_id(), email: email.to_lowercase(), password_hash: None, created_at: at(1) };
+    let lower = User {
+        id: new_user_id(),
+        email: email.to_lowercase(),
+        password_hash: None,
+        created_at: at(1),
+    };
     expect_class!(f.store.create_user(&lower).await, ErrorClass::Conflict);
-    ensure_eq!(ok!(f.store.user_by_email(&email).await), first, "the first user keeps the email");
+    ensure_eq!(
+        ok!(f.store.user_by_email(&email).await),
+        first,
+        "the first user keeps the email"
+    );
     Ok(())
 }
 
 async fn membership_roles(f: Fixture) -> CaseResult {
     let (org1, user) = seed_member(&*f.store, Role::Admin).await?;
-    let org2 = Org { id: new_org_id(), name: "Second".to_string(), created_at: at(0) };
+    let org2 = Org {
+        id: new_org_id(),
+        name: "Second".to_string(),
+        created_at: at(0),
+    };
     ok!(f.store.create_org(&org2).await);
-    ok!(f.store.add_member(&Membership { org: org2.id.clone(), user: user.clone(), role: Role::Member }).await);
+    ok!(f
+        .store
+        .add_member(&Membership {
+            org: org2.id.clone(),
+            user: user.clone(),
+            role: Role::Member
+        })
+        .await);
 
     let mut want = vec![
-        Membership { org: org1.clone(), user: user.clone(), role: Role::Admin },
-        Membership { org: org2.id.clone(), user: user.clone(), role: Role::Member },
+        Membership {
+            org: org1.clone(),
+            user: user.clone(),
+            role: Role::Admin,
+        },
+        Membership {
+            org: org2.id.clone(),
+            user: user.clone(),
+            role: Role::Member,
+        },
     ];
     want.sort_by(|a, b| a.org.cmp(&b.org));
     let mut got = ok!(f.store.memberships(&user).await);
     got.sort_by(|a, b| a.org.cmp(&b.org));
     ensure_eq!(got, want, "memberships list both orgs with their roles");
 
-    expect_class!(f.store.add_member(&Membership { org: org1.clone(), user: user.clone(), role: Role::Member }).await, ErrorClass::Conflict);
+    expect_class!(
+        f.store
+            .add_member(&Membership {
+                org: org1.clone(),
+                user: user.clone(),
+                role: Role::Member
+            })
+            .await,
+        ErrorClass::Conflict
+    );
     let mut after = ok!(f.store.memberships(&user).await);
     after.sort_by(|a, b| a.org.cmp(&b.org));
     ensure_eq!(after, want, "a refused second membership changes nothing");
@@ -203,7 +344,12 @@ async fn membership_roles(f: Fixture) -> CaseResult {
 async fn api_key_stored_hashed(f: Fixture) -> CaseResult {
     let (org, user) = seed_member(&*f.store, Role::Member).await?;
     let token = new_token("sk_");
-    let key = api_key_row(&org, &user, &token, vec![Scope::Sessions, Scope::Credentials]);
+    let key = api_key_row(
+        &org,
+        &user,
+        &token,
+        vec![Scope::Sessions, Scope::Credentials],
+    );
     ok!(f.store.create_api_key(&key).await);
 
     let found: ApiKeyRecord = ok!(f.store.find_api_key(&token_hash(&token)).await);
@@ -215,10 +361,21 @@ async fn api_key_stored_hashed(f: Fixture) -> CaseResult {
     ensure_eq!(found.meta.created_at, key.created_at);
     ensure_eq!(found.meta.revoked_at, None);
     ensure_eq!(found.scopes, key.scopes);
-    ensure!(found.hash.matches(&key.hash), "the stored hash is the key's hash");
+    ensure!(
+        found.hash.matches(&key.hash),
+        "the stored hash is the key's hash"
+    );
 
-    expect_class!(f.store.find_api_key(&token_hash(&format!("{token}x"))).await, ErrorClass::NotFound);
-    expect_class!(f.store.find_api_key(&token_hash(&new_token("sk_"))).await, ErrorClass::NotFound);
+    expect_class!(
+        f.store
+            .find_api_key(&token_hash(&format!("{token}x")))
+            .await,
+        ErrorClass::NotFound
+    );
+    expect_class!(
+        f.store.find_api_key(&token_hash(&new_token("sk_"))).await,
+        ErrorClass::NotFound
+    );
     Ok(())
 }
 
@@ -232,9 +389,18 @@ async fn api_key_listing_is_tenant_scoped(f: Fixture) -> CaseResult {
         ok!(f.store.create_api_key(k).await);
     }
     let ids = |v: Vec<ApiKeyMeta>| v.into_iter().map(|m| m.id).collect::<BTreeSet<_>>();
-    ensure_eq!(ids(ok!(f.store.list_api_keys(&tenant(&org_a)).await)), BTreeSet::from([a1.id.clone(), a2.id.clone()]));
-    ensure_eq!(ids(ok!(f.store.list_api_keys(&tenant(&org_b)).await)), BTreeSet::from([b1.id.clone()]));
-    ensure!(ok!(f.store.list_api_keys(&tenant(&new_org_id())).await).is_empty(), "an org without keys lists none");
+    ensure_eq!(
+        ids(ok!(f.store.list_api_keys(&tenant(&org_a)).await)),
+        BTreeSet::from([a1.id.clone(), a2.id.clone()])
+    );
+    ensure_eq!(
+        ids(ok!(f.store.list_api_keys(&tenant(&org_b)).await)),
+        BTreeSet::from([b1.id.clone()])
+    );
+    ensure!(
+        ok!(f.store.list_api_keys(&tenant(&new_org_id())).await).is_empty(),
+        "an org without keys lists none"
+    );
     Ok(())
 }
 
@@ -247,13 +413,39 @@ async fn api_key_revoke(f: Fixture) -> CaseResult {
     ok!(f.store.create_api_key(&ka).await);
     ok!(f.store.create_api_key(&kb).await);
 
-    ok!(f.store.revoke_api_key(&tenant(&org_a), &ka.id, at(60)).await);
+    ok!(f
+        .store
+        .revoke_api_key(&tenant(&org_a), &ka.id, at(60))
+        .await);
     let listed = ok!(f.store.list_api_keys(&tenant(&org_a)).await);
-    ensure_eq!(listed.iter().find(|m| m.id == ka.id).and_then(|m| m.revoked_at), Some(at(60)), "the listing shows the revocation");
-    ensure_eq!(ok!(f.store.find_api_key(&token_hash(&token_a)).await).meta.revoked_at, Some(at(60)));
+    ensure_eq!(
+        listed
+            .iter()
+            .find(|m| m.id == ka.id)
+            .and_then(|m| m.revoked_at),
+        Some(at(60)),
+        "the listing shows the revocation"
+    );
+    ensure_eq!(
+        ok!(f.store.find_api_key(&token_hash(&token_a)).await)
+            .meta
+            .revoked_at,
+        Some(at(60))
+    );
 
-    expect_class!(f.store.revoke_api_key(&tenant(&org_a), &kb.id, at(61)).await, ErrorClass::NotFound);
-    ensure_eq!(ok!(f.store.find_api_key(&token_hash(&token_b)).await).meta.revoked_at, None, "another org's key keeps working");
+    expect_class!(
+        f.store
+            .revoke_api_key(&tenant(&org_a), &kb.id, at(61))
+            .await,
+        ErrorClass::NotFound
+    );
+    ensure_eq!(
+        ok!(f.store.find_api_key(&token_hash(&token_b)).await)
+            .meta
+            .revoked_at,
+        None,
+        "another org's key keeps working"
+    );
     Ok(())
 }
 
@@ -262,16 +454,30 @@ async fn login_session_round_trip(f: Fixture) -> CaseResult {
     let token = new_token("");
     let login = login_row(&org, &user, &token, at(0), Duration::from_secs(3600));
     ok!(f.store.create_login(&login).await);
-    ensure_eq!(ok!(f.store.find_login(&token_hash(&token)).await), login, "the login reads back by its hash");
-    expect_class!(f.store.find_login(&token_hash(&new_token(""))).await, ErrorClass::NotFound);
+    ensure_eq!(
+        ok!(f.store.find_login(&token_hash(&token)).await),
+        login,
+        "the login reads back by its hash"
+    );
+    expect_class!(
+        f.store.find_login(&token_hash(&new_token(""))).await,
+        ErrorClass::NotFound
+    );
     ok!(f.store.delete_login(&login.id).await);
-    expect_class!(f.store.find_login(&token_hash(&token)).await, ErrorClass::NotFound);
+    expect_class!(
+        f.store.find_login(&token_hash(&token)).await,
+        ErrorClass::NotFound
+    );
     Ok(())
 }
 
 /// Every implementation of `IdentityStore`. Database stores arrive in a later issue (see `WAIVERS`).
 pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async { Ok(Fixture { store: Arc::new(InMemoryIdentityStore::new()) }) })]
+    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
+        Ok(Fixture {
+            store: Arc::new(InMemoryIdentityStore::new()),
+        })
+    })]
 }
 
 /// The fault catalog of `IdentityStore`.
@@ -314,37 +520,58 @@ impl IdentityStore for Faulty<dyn IdentityStore> {
         self.call("org", || self.inner.org(id)).await
     }
     async fn create_user(&self, user: &User) -> Result<(), IdentityStoreError> {
-        self.call("create_user", || self.inner.create_user(user)).await
+        self.call("create_user", || self.inner.create_user(user))
+            .await
     }
     async fn user_by_email(&self, email: &str) -> Result<User, IdentityStoreError> {
-        self.call("user_by_email", || self.inner.user_by_email(email)).await
+        self.call("user_by_email", || self.inner.user_by_email(email))
+            .await
     }
     async fn add_member(&self, membership: &Membership) -> Result<(), IdentityStoreError> {
-        self.call("add_member", || self.inner.add_member(membership)).await
+        self.call("add_member", || self.inner.add_member(membership))
+            .await
     }
     async fn memberships(&self, user: &UserId) -> Result<Vec<Membership>, IdentityStoreError> {
-        self.call("memberships", || self.inner.memberships(user)).await
+        self.call("memberships", || self.inner.memberships(user))
+            .await
     }
     async fn create_api_key(&self, key: &NewApiKey) -> Result<(), IdentityStoreError> {
-        self.call("create_api_key", || self.inner.create_api_key(key)).await
+        self.call("create_api_key", || self.inner.create_api_key(key))
+            .await
     }
     async fn find_api_key(&self, hash: &TokenHash) -> Result<ApiKeyRecord, IdentityStoreError> {
-        self.call("find_api_key", || self.inner.find_api_key(hash)).await
+        self.call("find_api_key", || self.inner.find_api_key(hash))
+            .await
     }
-    async fn list_api_keys(&self, tenant: &TenantContext) -> Result<Vec<ApiKeyMeta>, IdentityStoreError> {
-        self.call("list_api_keys", || self.inner.list_api_keys(tenant)).await
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<Vec<ApiKeyMeta>, IdentityStoreError> {
+        self.call("list_api_keys", || self.inner.list_api_keys(tenant))
+            .await
     }
-    async fn revoke_api_key(&self, tenant: &TenantContext, id: &ApiKeyId, at: Timestamp) -> Result<(), IdentityStoreError> {
-        self.call("revoke_api_key", || self.inner.revoke_api_key(tenant, id, at)).await
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantContext,
+        id: &ApiKeyId,
+        at: Timestamp,
+    ) -> Result<(), IdentityStoreError> {
+        self.call("revoke_api_key", || {
+            self.inner.revoke_api_key(tenant, id, at)
+        })
+        .await
     }
     async fn create_login(&self, login: &LoginSession) -> Result<(), IdentityStoreError> {
-        self.call("create_login", || self.inner.create_login(login)).await
+        self.call("create_login", || self.inner.create_login(login))
+            .await
     }
     async fn find_login(&self, hash: &TokenHash) -> Result<LoginSession, IdentityStoreError> {
-        self.call("find_login", || self.inner.find_login(hash)).await
+        self.call("find_login", || self.inner.find_login(hash))
+            .await
     }
     async fn delete_login(&self, id: &LoginId) -> Result<(), IdentityStoreError> {
-        self.call("delete_login", || self.inner.delete_login(id)).await
+        self.call("delete_login", || self.inner.delete_login(id))
+            .await
     }
 }
 
@@ -358,7 +585,11 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(PortId::IdentityStore, &Implementation::new(name, ImplKind::Adapter, make), &cases()))
+    Report::run(harness::trials(
+        PortId::IdentityStore,
+        &Implementation::new(name, ImplKind::Adapter, make),
+        &cases(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,7 +598,10 @@ where
 
 /// One disruption case per catalog entry.
 pub fn disruptions() -> Vec<DisruptionCase> {
-    CATALOG.iter().map(|e| disruption_case(PortId::IdentityStore, e, disruption_flow)).collect()
+    CATALOG
+        .iter()
+        .map(|e| disruption_case(PortId::IdentityStore, e, disruption_flow))
+        .collect()
 }
 
 /// The un-faulted store, the faulty view of it, its plan, and an authenticator reading through the
@@ -383,7 +617,12 @@ fn rig(plan: FaultPlan) -> Rig {
     let inner: Arc<dyn IdentityStore> = Arc::new(InMemoryIdentityStore::new());
     let faulty = Arc::new(Faulty::new(inner.clone(), plan.clone()));
     let auth = InMemoryAuthenticator::new(faulty.clone(), Arc::new(InMemoryClock::at(at(0))));
-    Rig { inner, faulty, plan, auth }
+    Rig {
+        inner,
+        faulty,
+        plan,
+        auth,
+    }
 }
 
 fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
@@ -410,18 +649,39 @@ async fn find_api_key_disrupted(fault: Fault) -> CaseResult {
     let credential = Credential(SecretString::new(token.clone()));
 
     if fault == Fault::Slow {
-        ensure_eq!(ok!(r.faulty.find_api_key(&token_hash(&token)).await), ok!(r.inner.find_api_key(&token_hash(&token)).await));
+        ensure_eq!(
+            ok!(r.faulty.find_api_key(&token_hash(&token)).await),
+            ok!(r.inner.find_api_key(&token_hash(&token)).await)
+        );
         let p = ok!(r.auth.authenticate(&credential).await);
         ensure_eq!(p.api_key_id(), Some(&key.id));
         return Ok(());
     }
-    expect_fault("find_api_key", r.faulty.find_api_key(&token_hash(&token)).await, fault)?;
-    expect_fault("authenticate", r.auth.authenticate(&credential).await, fault)?;
-    ensure_eq!(ok!(r.inner.find_api_key(&token_hash(&token)).await).meta.revoked_at, None, "the key is unchanged");
+    expect_fault(
+        "find_api_key",
+        r.faulty.find_api_key(&token_hash(&token)).await,
+        fault,
+    )?;
+    expect_fault(
+        "authenticate",
+        r.auth.authenticate(&credential).await,
+        fault,
+    )?;
+    ensure_eq!(
+        ok!(r.inner.find_api_key(&token_hash(&token)).await)
+            .meta
+            .revoked_at,
+        None,
+        "the key is unchanged"
+    );
 
     r.plan.heal();
     let p = ok!(r.auth.authenticate(&credential).await);
-    ensure_eq!((p.org(), p.api_key_id()), (&org, Some(&key.id)), "the key authenticates after healing");
+    ensure_eq!(
+        (p.org(), p.api_key_id()),
+        (&org, Some(&key.id)),
+        "the key authenticates after healing"
+    );
     Ok(())
 }
 
@@ -429,16 +689,37 @@ async fn find_login_disrupted(fault: Fault) -> CaseResult {
     let r = rig(FaultPlan::always("find_login", fault));
     let (org, user) = seed_member(&*r.inner, Role::Member).await?;
     let token = new_token("");
-    ok!(r.inner.create_login(&login_row(&org, &user, &token, at(0), Duration::from_secs(3600))).await);
+    ok!(r
+        .inner
+        .create_login(&login_row(
+            &org,
+            &user,
+            &token,
+            at(0),
+            Duration::from_secs(3600)
+        ))
+        .await);
     let credential = Credential(SecretString::new(token.clone()));
 
-    expect_fault("find_login", r.faulty.find_login(&token_hash(&token)).await, fault)?;
-    expect_fault("authenticate", r.auth.authenticate(&credential).await, fault)?;
+    expect_fault(
+        "find_login",
+        r.faulty.find_login(&token_hash(&token)).await,
+        fault,
+    )?;
+    expect_fault(
+        "authenticate",
+        r.auth.authenticate(&credential).await,
+        fault,
+    )?;
     ok!(r.inner.find_login(&token_hash(&token)).await);
 
     r.plan.heal();
     let p = ok!(r.auth.authenticate(&credential).await);
-    ensure_eq!((p.org(), p.user()), (&org, &user), "the login authenticates after healing");
+    ensure_eq!(
+        (p.org(), p.user()),
+        (&org, &user),
+        "the login authenticates after healing"
+    );
     Ok(())
 }
 
@@ -447,14 +728,28 @@ async fn create_api_key_refused() -> CaseResult {
     let (org, user) = seed_member(&*r.inner, Role::Owner).await?;
     let token = new_token("sk_");
     let key = api_key_row(&org, &user, &token, vec![Scope::Sessions]);
-    expect_fault("create_api_key", r.faulty.create_api_key(&key).await, Fault::Unavailable)?;
+    expect_fault(
+        "create_api_key",
+        r.faulty.create_api_key(&key).await,
+        Fault::Unavailable,
+    )?;
     expect_class!(r.inner.find_api_key(&key.hash).await, ErrorClass::NotFound);
-    ensure!(ok!(r.inner.list_api_keys(&tenant(&org)).await).is_empty(), "no key row after a refused create");
+    ensure!(
+        ok!(r.inner.list_api_keys(&tenant(&org)).await).is_empty(),
+        "no key row after a refused create"
+    );
 
     r.plan.heal();
     ok!(r.faulty.create_api_key(&key).await);
-    ensure_eq!(ok!(r.inner.list_api_keys(&tenant(&org)).await).len(), 1, "exactly one key after the retry");
-    ok!(r.auth.authenticate(&Credential(SecretString::new(token))).await);
+    ensure_eq!(
+        ok!(r.inner.list_api_keys(&tenant(&org)).await).len(),
+        1,
+        "exactly one key after the retry"
+    );
+    ok!(r
+        .auth
+        .authenticate(&Credential(SecretString::new(token)))
+        .await);
     Ok(())
 }
 
@@ -463,11 +758,26 @@ async fn create_api_key_answer_lost() -> CaseResult {
     let (org, user) = seed_member(&*r.inner, Role::Owner).await?;
     let token = new_token("sk_");
     let key = api_key_row(&org, &user, &token, vec![Scope::Sessions]);
-    expect_fault("create_api_key", r.faulty.create_api_key(&key).await, Fault::LostAnswer)?;
-    ensure_eq!(ok!(r.inner.find_api_key(&key.hash).await).meta.id, key.id, "the write happened");
+    expect_fault(
+        "create_api_key",
+        r.faulty.create_api_key(&key).await,
+        Fault::LostAnswer,
+    )?;
+    ensure_eq!(
+        ok!(r.inner.find_api_key(&key.hash).await).meta.id,
+        key.id,
+        "the write happened"
+    );
     expect_class!(r.faulty.create_api_key(&key).await, ErrorClass::Conflict);
-    ensure_eq!(ok!(r.inner.list_api_keys(&tenant(&org)).await).len(), 1, "the retry did not duplicate the key");
-    let p = ok!(r.auth.authenticate(&Credential(SecretString::new(token))).await);
+    ensure_eq!(
+        ok!(r.inner.list_api_keys(&tenant(&org)).await).len(),
+        1,
+        "the retry did not duplicate the key"
+    );
+    let p = ok!(r
+        .auth
+        .authenticate(&Credential(SecretString::new(token)))
+        .await);
     ensure_eq!(p.api_key_id(), Some(&key.id));
     Ok(())
 }
@@ -478,13 +788,34 @@ async fn revoke_refused() -> CaseResult {
     let token = new_token("sk_");
     let key = api_key_row(&org, &user, &token, vec![Scope::Sessions]);
     ok!(r.inner.create_api_key(&key).await);
-    expect_fault("revoke_api_key", r.faulty.revoke_api_key(&tenant(&org), &key.id, at(10)).await, Fault::Timeout)?;
-    ensure_eq!(ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at, None, "a failed revoke changes nothing");
+    expect_fault(
+        "revoke_api_key",
+        r.faulty
+            .revoke_api_key(&tenant(&org), &key.id, at(10))
+            .await,
+        Fault::Timeout,
+    )?;
+    ensure_eq!(
+        ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at,
+        None,
+        "a failed revoke changes nothing"
+    );
 
     r.plan.heal();
-    ok!(r.faulty.revoke_api_key(&tenant(&org), &key.id, at(11)).await);
-    ensure_eq!(ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at, Some(at(11)));
-    expect_class!(r.auth.authenticate(&Credential(SecretString::new(token))).await, ErrorClass::Unauthorized);
+    ok!(r
+        .faulty
+        .revoke_api_key(&tenant(&org), &key.id, at(11))
+        .await);
+    ensure_eq!(
+        ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at,
+        Some(at(11))
+    );
+    expect_class!(
+        r.auth
+            .authenticate(&Credential(SecretString::new(token)))
+            .await,
+        ErrorClass::Unauthorized
+    );
     Ok(())
 }
 
@@ -494,19 +825,53 @@ async fn revoke_answer_lost() -> CaseResult {
     let token = new_token("sk_");
     let key = api_key_row(&org, &user, &token, vec![Scope::Sessions]);
     ok!(r.inner.create_api_key(&key).await);
-    expect_fault("revoke_api_key", r.faulty.revoke_api_key(&tenant(&org), &key.id, at(10)).await, Fault::LostAnswer)?;
-    ensure_eq!(ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at, Some(at(10)), "the revoke happened");
-    ok!(r.faulty.revoke_api_key(&tenant(&org), &key.id, at(20)).await);
-    ensure_eq!(ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at, Some(at(10)), "the retry keeps the first time");
-    expect_class!(r.auth.authenticate(&Credential(SecretString::new(token))).await, ErrorClass::Unauthorized);
+    expect_fault(
+        "revoke_api_key",
+        r.faulty
+            .revoke_api_key(&tenant(&org), &key.id, at(10))
+            .await,
+        Fault::LostAnswer,
+    )?;
+    ensure_eq!(
+        ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at,
+        Some(at(10)),
+        "the revoke happened"
+    );
+    ok!(r
+        .faulty
+        .revoke_api_key(&tenant(&org), &key.id, at(20))
+        .await);
+    ensure_eq!(
+        ok!(r.inner.find_api_key(&key.hash).await).meta.revoked_at,
+        Some(at(10)),
+        "the retry keeps the first time"
+    );
+    expect_class!(
+        r.auth
+            .authenticate(&Credential(SecretString::new(token)))
+            .await,
+        ErrorClass::Unauthorized
+    );
     Ok(())
 }
 
 async fn create_user_refused() -> CaseResult {
     let r = rig(FaultPlan::always("create_user", Fault::Unavailable));
-    let user = User { id: new_user_id(), email: format!("{}@example.com", unique("bo")), password_hash: None, created_at: at(0) };
-    expect_fault("create_user", r.faulty.create_user(&user).await, Fault::Unavailable)?;
-    expect_class!(r.inner.user_by_email(&user.email).await, ErrorClass::NotFound);
+    let user = User {
+        id: new_user_id(),
+        email: format!("{}@example.com", unique("bo")),
+        password_hash: None,
+        created_at: at(0),
+    };
+    expect_fault(
+        "create_user",
+        r.faulty.create_user(&user).await,
+        Fault::Unavailable,
+    )?;
+    expect_class!(
+        r.inner.user_by_email(&user.email).await,
+        ErrorClass::NotFound
+    );
 
     r.plan.heal();
     ok!(r.faulty.create_user(&user).await);
@@ -524,10 +889,107 @@ mod tests {
         Report::run(suite().trials).assert_all_passed();
     }
 
+    /// A store that compares emails case-sensitively and lets any org revoke any key.
+    #[derive(Default)]
+    struct Lax {
+        inner: InMemoryIdentityStore,
+        key_owners: std::sync::Mutex<std::collections::HashMap<ApiKeyId, OrgId>>,
+    }
+
+    #[async_trait]
+    impl IdentityStore for Lax {
+        async fn create_org(&self, org: &Org) -> Result<(), IdentityStoreError> {
+            self.inner.create_org(org).await
+        }
+        async fn org(&self, id: &OrgId) -> Result<Org, IdentityStoreError> {
+            self.inner.org(id).await
+        }
+        async fn create_user(&self, user: &User) -> Result<(), IdentityStoreError> {
+            // Case-sensitive: store the email hex-encoded, which case folding leaves distinct.
+            self.inner
+                .create_user(&User {
+                    email: hex_of(user.email.as_bytes()),
+                    ..user.clone()
+                })
+                .await
+        }
+        async fn user_by_email(&self, email: &str) -> Result<User, IdentityStoreError> {
+            let u = self.inner.user_by_email(&hex_of(email.as_bytes())).await?;
+            Ok(User {
+                email: email.to_string(),
+                ..u
+            })
+        }
+        async fn add_member(&self, m: &Membership) -> Result<(), IdentityStoreError> {
+            self.inner.add_member(m).await
+        }
+        async fn memberships(&self, user: &UserId) -> Result<Vec<Membership>, IdentityStoreError> {
+            self.inner.memberships(user).await
+        }
+        async fn create_api_key(&self, key: &NewApiKey) -> Result<(), IdentityStoreError> {
+            self.inner.create_api_key(key).await?;
+            self.key_owners
+                .lock()
+                .unwrap()
+                .insert(key.id.clone(), key.org.clone());
+            Ok(())
+        }
+        async fn find_api_key(&self, hash: &TokenHash) -> Result<ApiKeyRecord, IdentityStoreError> {
+            self.inner.find_api_key(hash).await
+        }
+        async fn list_api_keys(
+            &self,
+            t: &TenantContext,
+        ) -> Result<Vec<ApiKeyMeta>, IdentityStoreError> {
+            self.inner.list_api_keys(t).await
+        }
+        async fn revoke_api_key(
+            &self,
+            _: &TenantContext,
+            id: &ApiKeyId,
+            at: Timestamp,
+        ) -> Result<(), IdentityStoreError> {
+            let owner = self.key_owners.lock().unwrap().get(id).cloned();
+            match owner {
+                Some(org) => self.inner.revoke_api_key(&tenant(&org), id, at).await,
+                None => Err(IdentityStoreError::NotFound(id.to_string())),
+            }
+        }
+        async fn create_login(&self, login: &LoginSession) -> Result<(), IdentityStoreError> {
+            self.inner.create_login(login).await
+        }
+        async fn find_login(&self, hash: &TokenHash) -> Result<LoginSession, IdentityStoreError> {
+            self.inner.find_login(hash).await
+        }
+        async fn delete_login(&self, id: &LoginId) -> Result<(), IdentityStoreError> {
+            self.inner.delete_login(id).await
+        }
+    }
+
+    #[test]
+    fn check_reports_a_case_sensitive_store_that_revokes_across_orgs() {
+        let report = check("lax", || async {
+            Ok(Fixture {
+                store: Arc::new(Lax::default()),
+            })
+        });
+        let failed: Vec<&str> = report.failures().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            failed,
+            vec![
+                "identity_store::lax::user_email_unique",
+                "identity_store::lax::api_key_revoke"
+            ]
+        );
+    }
+
     #[test]
     fn every_catalog_entry_has_a_passing_disruption() {
         let cases = disruptions();
-        assert_eq!(cases.iter().map(|c| c.entry.clone()).collect::<Vec<_>>(), CATALOG.iter().map(|e| e.name()).collect::<Vec<_>>());
+        assert_eq!(
+            cases.iter().map(|c| c.entry.clone()).collect::<Vec<_>>(),
+            CATALOG.iter().map(|e| e.name()).collect::<Vec<_>>()
+        );
         for c in cases {
             let entry = c.entry.clone();
             assert_eq!((c.run)(), Outcome::Passed, "{entry}");

@@ -26,31 +26,79 @@ fn secret(s: &str) -> SecretString {
 }
 
 /// Opens a key and compares it in constant time with the expected value.
-async fn opens_to(vault: &dyn SecretVault, t: &TenantContext, provider: &str, want: &str) -> CaseResult {
+async fn opens_to(
+    vault: &dyn SecretVault,
+    t: &TenantContext,
+    provider: &str,
+    want: &str,
+) -> CaseResult {
     let got = ok!(vault.open(t, provider).await);
-    ensure!(got.ct_eq(&secret(want)), "{provider} opened to a different value than was stored");
+    ensure!(
+        got.ct_eq(&secret(want)),
+        "{provider} opened to a different value than was stored"
+    );
     Ok(())
 }
 
 /// One case per `# Contract` bullet of `SecretVault`.
 pub fn cases() -> Vec<Case<Fixture>> {
     vec![
-        Case { name: "put_then_open", run: |f| Box::pin(put_then_open(f)) },
-        Case { name: "list_shows_last4_only", run: |f| Box::pin(list_shows_last4_only(f)) },
-        Case { name: "overwrite_replaces", run: |f| Box::pin(overwrite_replaces(f)) },
-        Case { name: "delete_removes", run: |f| Box::pin(delete_removes(f)) },
-        Case { name: "tenant_isolation", run: |f| Box::pin(tenant_isolation(f)) },
-        Case { name: "cross_tenant_blob_refused", run: |f| Box::pin(cross_tenant_blob_refused(f)) },
-        Case { name: "invalid_provider_refused", run: |f| Box::pin(invalid_provider_refused(f)) },
+        Case {
+            name: "put_then_open",
+            run: |f| Box::pin(put_then_open(f)),
+        },
+        Case {
+            name: "list_shows_last4_only",
+            run: |f| Box::pin(list_shows_last4_only(f)),
+        },
+        Case {
+            name: "overwrite_replaces",
+            run: |f| Box::pin(overwrite_replaces(f)),
+        },
+        Case {
+            name: "delete_removes",
+            run: |f| Box::pin(delete_removes(f)),
+        },
+        Case {
+            name: "tenant_isolation",
+            run: |f| Box::pin(tenant_isolation(f)),
+        },
+        Case {
+            name: "cross_tenant_blob_refused",
+            run: |f| Box::pin(cross_tenant_blob_refused(f)),
+        },
+        Case {
+            name: "invalid_provider_refused",
+            run: |f| Box::pin(invalid_provider_refused(f)),
+        },
     ]
 }
 
 async fn put_then_open(f: Fixture) -> CaseResult {
     let t = tenant(&new_org_id());
-    let meta = ok!(f.vault.put(&t, "anthropic", &secret("sk-ant-api03-abcdefghijklmnop-WXYZ")).await);
-    ensure_eq!((meta.provider.as_str(), meta.last4.as_str()), ("anthropic", "WXYZ"));
-    ok!(f.vault.put(&t, "openai", &secret("sk-proj-0123456789-ünïcødé")).await);
-    opens_to(&*f.vault, &t, "anthropic", "sk-ant-api03-abcdefghijklmnop-WXYZ").await?;
+    let meta = ok!(f
+        .vault
+        .put(
+            &t,
+            "anthropic",
+            &secret("sk-ant-api03-abcdefghijklmnop-WXYZ")
+        )
+        .await);
+    ensure_eq!(
+        (meta.provider.as_str(), meta.last4.as_str()),
+        ("anthropic", "WXYZ")
+    );
+    ok!(f
+        .vault
+        .put(&t, "openai", &secret("sk-proj-0123456789-ünïcødé"))
+        .await);
+    opens_to(
+        &*f.vault,
+        &t,
+        "anthropic",
+        "sk-ant-api03-abcdefghijklmnop-WXYZ",
+    )
+    .await?;
     opens_to(&*f.vault, &t, "openai", "sk-proj-0123456789-ünïcødé").await?;
     expect_class!(f.vault.open(&t, "mistral").await, ErrorClass::NotFound);
     Ok(())
@@ -61,18 +109,31 @@ async fn list_shows_last4_only(f: Fixture) -> CaseResult {
     let key = "sk-live-very-secret-value-9876";
     let put = ok!(f.vault.put(&t, "openai", &secret(key)).await);
     let listed: Vec<CredentialMeta> = ok!(f.vault.list(&t).await);
-    ensure_eq!(listed, vec![put.clone()], "the listing is the metadata put returned");
+    ensure_eq!(
+        listed,
+        vec![put.clone()],
+        "the listing is the metadata put returned"
+    );
     ensure_eq!(listed[0].last4, "9876");
     ensure_eq!(listed[0].provider, "openai");
     let json = serde_json::to_string(&listed).map_err(|e| e.to_string())?;
-    ensure!(!json.contains("very-secret"), "the listing carries the key: {json}");
+    ensure!(
+        !json.contains("very-secret"),
+        "the listing carries the key: {json}"
+    );
     Ok(())
 }
 
 async fn overwrite_replaces(f: Fixture) -> CaseResult {
     let t = tenant(&new_org_id());
-    ok!(f.vault.put(&t, "openai", &secret("sk-first-key-1111")).await);
-    ok!(f.vault.put(&t, "openai", &secret("sk-second-key-2222")).await);
+    ok!(f
+        .vault
+        .put(&t, "openai", &secret("sk-first-key-1111"))
+        .await);
+    ok!(f
+        .vault
+        .put(&t, "openai", &secret("sk-second-key-2222"))
+        .await);
     opens_to(&*f.vault, &t, "openai", "sk-second-key-2222").await?;
     let listed = ok!(f.vault.list(&t).await);
     ensure_eq!(listed.len(), 1, "one entry per provider");
@@ -82,27 +143,54 @@ async fn overwrite_replaces(f: Fixture) -> CaseResult {
 
 async fn delete_removes(f: Fixture) -> CaseResult {
     let t = tenant(&new_org_id());
-    ok!(f.vault.put(&t, "openai", &secret("sk-to-delete-0000")).await);
-    ok!(f.vault.put(&t, "anthropic", &secret("sk-to-keep-1111")).await);
+    ok!(f
+        .vault
+        .put(&t, "openai", &secret("sk-to-delete-0000"))
+        .await);
+    ok!(f
+        .vault
+        .put(&t, "anthropic", &secret("sk-to-keep-1111"))
+        .await);
     ok!(f.vault.delete(&t, "openai").await);
     expect_class!(f.vault.open(&t, "openai").await, ErrorClass::NotFound);
     expect_class!(f.vault.delete(&t, "openai").await, ErrorClass::NotFound);
-    expect_class!(f.vault.delete(&t, "never-stored").await, ErrorClass::NotFound);
+    expect_class!(
+        f.vault.delete(&t, "never-stored").await,
+        ErrorClass::NotFound
+    );
     opens_to(&*f.vault, &t, "anthropic", "sk-to-keep-1111").await?;
     let listed = ok!(f.vault.list(&t).await);
-    ensure_eq!(listed.iter().map(|m| m.provider.as_str()).collect::<Vec<_>>(), vec!["anthropic"]);
+    ensure_eq!(
+        listed
+            .iter()
+            .map(|m| m.provider.as_str())
+            .collect::<Vec<_>>(),
+        vec!["anthropic"]
+    );
     Ok(())
 }
 
 async fn tenant_isolation(f: Fixture) -> CaseResult {
     let (a, b) = (tenant(&new_org_id()), tenant(&new_org_id()));
-    ok!(f.vault.put(&a, "openai", &secret("sk-org-a-key-aaaa")).await);
+    ok!(f
+        .vault
+        .put(&a, "openai", &secret("sk-org-a-key-aaaa"))
+        .await);
     expect_class!(f.vault.open(&b, "openai").await, ErrorClass::NotFound);
-    expect_class!(f.vault.export_sealed(&b, "openai").await, ErrorClass::NotFound);
+    expect_class!(
+        f.vault.export_sealed(&b, "openai").await,
+        ErrorClass::NotFound
+    );
     expect_class!(f.vault.delete(&b, "openai").await, ErrorClass::NotFound);
-    ensure!(ok!(f.vault.list(&b).await).is_empty(), "another tenant lists nothing");
+    ensure!(
+        ok!(f.vault.list(&b).await).is_empty(),
+        "another tenant lists nothing"
+    );
 
-    ok!(f.vault.put(&b, "openai", &secret("sk-org-b-key-bbbb")).await);
+    ok!(f
+        .vault
+        .put(&b, "openai", &secret("sk-org-b-key-bbbb"))
+        .await);
     opens_to(&*f.vault, &a, "openai", "sk-org-a-key-aaaa").await?;
     opens_to(&*f.vault, &b, "openai", "sk-org-b-key-bbbb").await?;
     Ok(())
@@ -110,11 +198,20 @@ async fn tenant_isolation(f: Fixture) -> CaseResult {
 
 async fn cross_tenant_blob_refused(f: Fixture) -> CaseResult {
     let (a, b) = (tenant(&new_org_id()), tenant(&new_org_id()));
-    ok!(f.vault.put(&a, "anthropic", &secret("sk-ant-org-a-secret-4242")).await);
-    ok!(f.vault.put(&b, "openai", &secret("sk-openai-org-b-7777")).await);
+    ok!(f
+        .vault
+        .put(&a, "anthropic", &secret("sk-ant-org-a-secret-4242"))
+        .await);
+    ok!(f
+        .vault
+        .put(&b, "openai", &secret("sk-openai-org-b-7777"))
+        .await);
     let sealed: SealedSecret = ok!(f.vault.export_sealed(&a, "anthropic").await);
     ensure!(
-        !sealed.blob.windows(b"org-a-secret".len()).any(|w| w == b"org-a-secret"),
+        !sealed
+            .blob
+            .windows(b"org-a-secret".len())
+            .any(|w| w == b"org-a-secret"),
         "the sealed blob holds the key in clear"
     );
 
@@ -133,17 +230,32 @@ async fn cross_tenant_blob_refused(f: Fixture) -> CaseResult {
 async fn invalid_provider_refused(f: Fixture) -> CaseResult {
     let t = tenant(&new_org_id());
     let long = "p".repeat(65);
-    for provider in ["", "Open AI", "OpenAI", "a/b", "../etc", "openai\n", long.as_str()] {
+    for provider in [
+        "",
+        "Open AI",
+        "OpenAI",
+        "a/b",
+        "../etc",
+        "openai\n",
+        long.as_str(),
+    ] {
         let shown: String = provider.chars().take(16).collect();
         match f.vault.put(&t, provider, &secret("sk-some-key-1234")).await {
             Ok(m) => return Err(format!("put under provider {shown:?} succeeded with {m:?}")),
-            Err(e) => ensure_eq!(switchboard_ports::Classify::class(&e), ErrorClass::Invalid, "put under {shown:?}"),
+            Err(e) => ensure_eq!(
+                switchboard_ports::Classify::class(&e),
+                ErrorClass::Invalid,
+                "put under {shown:?}"
+            ),
         }
         expect_class!(f.vault.open(&t, provider).await, ErrorClass::Invalid);
         expect_class!(f.vault.delete(&t, provider).await, ErrorClass::Invalid);
     }
     ensure!(ok!(f.vault.list(&t).await).is_empty(), "nothing was stored");
-    ok!(f.vault.put(&t, "open-router_2.x", &secret("sk-valid-name-5678")).await);
+    ok!(f
+        .vault
+        .put(&t, "open-router_2.x", &secret("sk-valid-name-5678"))
+        .await);
     Ok(())
 }
 
@@ -154,7 +266,11 @@ fn in_memory_vault() -> InMemorySecretVault {
 /// Every implementation of `SecretVault`. The AES-256-GCM vault on the databases arrives with
 /// them (see `WAIVERS`).
 pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async { Ok(Fixture { vault: Arc::new(in_memory_vault()) }) })]
+    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
+        Ok(Fixture {
+            vault: Arc::new(in_memory_vault()),
+        })
+    })]
 }
 
 /// The fault catalog of `SecretVault`.
@@ -180,23 +296,47 @@ pub const CATALOG: &[CatalogEntry] = &[
 
 #[async_trait]
 impl SecretVault for Faulty<dyn SecretVault> {
-    async fn put(&self, tenant: &TenantContext, provider: &str, secret: &SecretString) -> Result<CredentialMeta, SecretVaultError> {
-        self.call("put", || self.inner.put(tenant, provider, secret)).await
+    async fn put(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+        secret: &SecretString,
+    ) -> Result<CredentialMeta, SecretVaultError> {
+        self.call("put", || self.inner.put(tenant, provider, secret))
+            .await
     }
-    async fn open(&self, tenant: &TenantContext, provider: &str) -> Result<SecretString, SecretVaultError> {
-        self.call("open", || self.inner.open(tenant, provider)).await
+    async fn open(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+    ) -> Result<SecretString, SecretVaultError> {
+        self.call("open", || self.inner.open(tenant, provider))
+            .await
     }
     async fn list(&self, tenant: &TenantContext) -> Result<Vec<CredentialMeta>, SecretVaultError> {
         self.call("list", || self.inner.list(tenant)).await
     }
     async fn delete(&self, tenant: &TenantContext, provider: &str) -> Result<(), SecretVaultError> {
-        self.call("delete", || self.inner.delete(tenant, provider)).await
+        self.call("delete", || self.inner.delete(tenant, provider))
+            .await
     }
-    async fn export_sealed(&self, tenant: &TenantContext, provider: &str) -> Result<SealedSecret, SecretVaultError> {
-        self.call("export_sealed", || self.inner.export_sealed(tenant, provider)).await
+    async fn export_sealed(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+    ) -> Result<SealedSecret, SecretVaultError> {
+        self.call("export_sealed", || {
+            self.inner.export_sealed(tenant, provider)
+        })
+        .await
     }
-    async fn import_sealed(&self, tenant: &TenantContext, sealed: &SealedSecret) -> Result<(), SecretVaultError> {
-        self.call("import_sealed", || self.inner.import_sealed(tenant, sealed)).await
+    async fn import_sealed(
+        &self,
+        tenant: &TenantContext,
+        sealed: &SealedSecret,
+    ) -> Result<(), SecretVaultError> {
+        self.call("import_sealed", || self.inner.import_sealed(tenant, sealed))
+            .await
     }
 }
 
@@ -210,12 +350,19 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(PortId::SecretVault, &Implementation::new(name, ImplKind::Adapter, make), &cases()))
+    Report::run(harness::trials(
+        PortId::SecretVault,
+        &Implementation::new(name, ImplKind::Adapter, make),
+        &cases(),
+    ))
 }
 
 /// One disruption case per catalog entry.
 pub fn disruptions() -> Vec<DisruptionCase> {
-    CATALOG.iter().map(|e| disruption_case(PortId::SecretVault, e, disruption_flow)).collect()
+    CATALOG
+        .iter()
+        .map(|e| disruption_case(PortId::SecretVault, e, disruption_flow))
+        .collect()
 }
 
 fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
@@ -226,7 +373,9 @@ fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
         let t = tenant(&new_org_id());
         let (old, new) = ("sk-old-key-0000", "sk-new-key-1111");
         ok!(inner.put(&t, "openai", &secret(old)).await);
-        ok!(inner.put(&t, "anthropic", &secret("sk-other-key-2222")).await);
+        ok!(inner
+            .put(&t, "anthropic", &secret("sk-other-key-2222"))
+            .await);
         let before = ok!(inner.list(&t).await);
         let sealed_before = ok!(inner.export_sealed(&t, "openai").await);
         let fault = entry.fault;
@@ -237,7 +386,10 @@ fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
                 expect_fault("put", faulty.put(&t, "openai", &secret(new)).await, fault)?;
                 opens_to(&*inner, &t, "openai", new).await?;
                 ok!(faulty.put(&t, "openai", &secret(new)).await);
-                let openai: Vec<_> = ok!(inner.list(&t).await).into_iter().filter(|m| m.provider == "openai").collect();
+                let openai: Vec<_> = ok!(inner.list(&t).await)
+                    .into_iter()
+                    .filter(|m| m.provider == "openai")
+                    .collect();
                 ensure_eq!(openai.len(), 1, "exactly one openai key after the retry");
                 ensure_eq!(openai[0].last4, "1111");
                 opens_to(&*inner, &t, "openai", new).await?;
@@ -245,7 +397,11 @@ fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
             "put" => {
                 plan.set(FaultPlan::always("put", fault));
                 expect_fault("put", faulty.put(&t, "openai", &secret(new)).await, fault)?;
-                expect_fault("put of a new provider", faulty.put(&t, "mistral", &secret(new)).await, fault)?;
+                expect_fault(
+                    "put of a new provider",
+                    faulty.put(&t, "mistral", &secret(new)).await,
+                    fault,
+                )?;
                 ensure_eq!(ok!(inner.list(&t).await), before, "nothing was written");
                 opens_to(&*inner, &t, "openai", old).await?;
                 plan.heal();
@@ -255,8 +411,16 @@ fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
             "open" => {
                 plan.set(FaultPlan::always("open", fault));
                 expect_fault("open", faulty.open(&t, "openai").await, fault)?;
-                expect_fault("open of another provider", faulty.open(&t, "anthropic").await, fault)?;
-                ensure_eq!(ok!(inner.export_sealed(&t, "openai").await), sealed_before, "the sealed blob is untouched");
+                expect_fault(
+                    "open of another provider",
+                    faulty.open(&t, "anthropic").await,
+                    fault,
+                )?;
+                ensure_eq!(
+                    ok!(inner.export_sealed(&t, "openai").await),
+                    sealed_before,
+                    "the sealed blob is untouched"
+                );
                 if fault == Fault::Corrupt {
                     // Real damage, not only the injected kind: a flipped byte never opens.
                     let mut damaged = sealed_before.clone();
@@ -311,10 +475,77 @@ mod tests {
     #[test]
     fn every_catalog_entry_has_a_passing_disruption() {
         let cases = disruptions();
-        assert_eq!(cases.iter().map(|c| c.entry.clone()).collect::<Vec<_>>(), CATALOG.iter().map(|e| e.name()).collect::<Vec<_>>());
+        assert_eq!(
+            cases.iter().map(|c| c.entry.clone()).collect::<Vec<_>>(),
+            CATALOG.iter().map(|e| e.name()).collect::<Vec<_>>()
+        );
         for c in cases {
             let entry = c.entry.clone();
             assert_eq!((c.run)(), Outcome::Passed, "{entry}");
         }
+    }
+
+    /// A vault that keeps every tenant's keys in one shared org.
+    struct SharedVault(InMemorySecretVault, TenantContext);
+
+    #[async_trait]
+    impl SecretVault for SharedVault {
+        async fn put(
+            &self,
+            _: &TenantContext,
+            provider: &str,
+            secret: &SecretString,
+        ) -> Result<CredentialMeta, SecretVaultError> {
+            self.0.put(&self.1, provider, secret).await
+        }
+        async fn open(
+            &self,
+            _: &TenantContext,
+            provider: &str,
+        ) -> Result<SecretString, SecretVaultError> {
+            self.0.open(&self.1, provider).await
+        }
+        async fn list(&self, _: &TenantContext) -> Result<Vec<CredentialMeta>, SecretVaultError> {
+            self.0.list(&self.1).await
+        }
+        async fn delete(&self, _: &TenantContext, provider: &str) -> Result<(), SecretVaultError> {
+            self.0.delete(&self.1, provider).await
+        }
+        async fn export_sealed(
+            &self,
+            _: &TenantContext,
+            provider: &str,
+        ) -> Result<SealedSecret, SecretVaultError> {
+            self.0.export_sealed(&self.1, provider).await
+        }
+        async fn import_sealed(
+            &self,
+            _: &TenantContext,
+            sealed: &SealedSecret,
+        ) -> Result<(), SecretVaultError> {
+            self.0.import_sealed(&self.1, sealed).await
+        }
+    }
+
+    #[test]
+    fn check_reports_a_vault_that_shares_keys_across_tenants() {
+        let report = check("shared", || async {
+            Ok(Fixture {
+                vault: Arc::new(SharedVault(in_memory_vault(), tenant(&new_org_id()))),
+            })
+        });
+        let failed: Vec<&str> = report.failures().iter().map(|(n, _)| *n).collect();
+        assert!(
+            failed.contains(&"secret_vault::shared::tenant_isolation"),
+            "{failed:?}"
+        );
+        assert!(
+            failed.contains(&"secret_vault::shared::cross_tenant_blob_refused"),
+            "{failed:?}"
+        );
+        assert!(
+            !failed.contains(&"secret_vault::shared::put_then_open"),
+            "{failed:?}"
+        );
     }
 }

@@ -114,15 +114,13 @@ pub struct Store {
 
 impl Store {
     fn apply(&mut self, commit: &Commit) -> Result<(), String> {
-        let mut expected = self.last_seq() + 1;
-        for event in &commit.events {
+        for (expected, event) in (self.last_seq() + 1..).zip(&commit.events) {
             if event.seq != expected {
                 return Err(format!(
                     "seq gap: commit holds #{} where #{expected} was due",
                     event.seq
                 ));
             }
-            expected += 1;
         }
         self.events.extend(commit.events.iter().cloned());
         if let Some(snapshot) = &commit.snapshot {
