@@ -26,11 +26,11 @@ use switchboard_core::crypto::TokenHash;
 use switchboard_core::protocol::{ClientMessage, SandboxMessage};
 use switchboard_core::session::{Input, Session, SessionInfo, SessionInit};
 use switchboard_core::tenancy::{Attribution, Principal, SessionKey, TenantContext};
-use switchboard_core::{ConnId, RunId, SessionId, Timestamp};
+use switchboard_core::{ConnId, ErrorClass, RunId, SessionId, Timestamp};
 use switchboard_ports::runtime::{Minter, SessionPorts, SessionRuntime, CLIENT_BUFFER};
 use switchboard_ports::session::{
-    ClientHandle, ClientLink, CreateSession, EventPage, PromptRequest, Queued, SandboxHandle, SandboxLink, SessionHost,
-    SessionHostError,
+    ClientHandle, ClientLink, CreateSession, EventPage, PromptRequest, Queued, SandboxHandle,
+    SandboxLink, SessionHost, SessionHostError,
 };
 use switchboard_ports::{Classify, FromClass, SecretString};
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +50,38 @@ where
     F: for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send + 'static,
 {
     Box::new(f)
+}
+
+/// How one request to one session task went.
+enum Attempt<T> {
+    Answered(T),
+    /// The task could not bring its session up (`NotFound`, or the store's error).
+    Failed(SessionHostError),
+    /// The task ended (hibernated) before it got to the request; nothing of it ran.
+    Ended,
+}
+
+/// Sends `work` to one session task and waits for its answer.
+async fn attempt<T, W>(actor: &Actor, work: W) -> Attempt<T>
+where
+    T: Send + 'static,
+    W: for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, T> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    let request = job(move |rt| {
+        Box::pin(async move {
+            let _ = reply.send(work(rt).await);
+        })
+    });
+    if actor.mailbox.send(request).await.is_ok() {
+        if let Ok(out) = answer.await {
+            return Attempt::Answered(out);
+        }
+    }
+    match actor.failed.get() {
+        Some(error) => Attempt::Failed(error.clone()),
+        None => Attempt::Ended,
+    }
 }
 
 /// The tokio session host. Cloning shares the same sessions.
@@ -76,13 +108,22 @@ struct Actor {
 /// How a task brings its session up.
 enum Activation {
     Rehydrate,
-    Create { init: SessionInit, created: oneshot::Sender<Result<SessionInfo, SessionHostError>> },
+    Create {
+        init: Box<SessionInit>,
+        created: oneshot::Sender<Result<SessionInfo, SessionHostError>>,
+    },
 }
 
 impl LocalSessionHost {
     /// A host over `ports`. Must be used inside a tokio runtime (it spawns tasks).
     pub fn new(ports: SessionPorts) -> Self {
-        LocalSessionHost { inner: Arc::new(Inner { ports, actors: Mutex::new(HashMap::new()), generations: AtomicU64::new(0) }) }
+        LocalSessionHost {
+            inner: Arc::new(Inner {
+                ports,
+                actors: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+            }),
+        }
     }
 
     /// How many sessions have a live task.
@@ -96,9 +137,18 @@ impl LocalSessionHost {
     }
 
     /// Starts `key`'s task under the registry lock the caller holds.
-    fn spawn_actor(&self, actors: &mut HashMap<SessionKey, Actor>, key: &SessionKey, activation: Activation) -> Actor {
+    fn spawn_actor(
+        &self,
+        actors: &mut HashMap<SessionKey, Actor>,
+        key: &SessionKey,
+        activation: Activation,
+    ) -> Actor {
         let (mailbox, inbox) = mpsc::channel(MAILBOX);
-        let actor = Actor { mailbox, generation: self.inner.generations.fetch_add(1, Ordering::Relaxed), failed: Arc::default() };
+        let actor = Actor {
+            mailbox,
+            generation: self.inner.generations.fetch_add(1, Ordering::Relaxed),
+            failed: Arc::default(),
+        };
         actors.insert(key.clone(), actor.clone());
         let task = SessionTask {
             registry: Arc::downgrade(&self.inner),
@@ -128,25 +178,25 @@ impl LocalSessionHost {
         W: for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, T> + Clone + Send + 'static,
     {
         for _ in 0..SEND_ATTEMPTS {
-            let actor = self.actor(key);
-            let (reply, answer) = oneshot::channel();
-            let work = work.clone();
-            let sent = actor.mailbox.send(job(move |rt| Box::pin(async move { let _ = reply.send(work(rt).await); }))).await;
-            if sent.is_ok() {
-                if let Ok(out) = answer.await {
-                    return Ok(out);
-                }
+            match attempt(&self.actor(key), work.clone()).await {
+                Attempt::Answered(out) => return Ok(out),
+                Attempt::Failed(error) => return Err(error),
+                // The task hibernated before it got to this request: the next one rehydrates.
+                Attempt::Ended => continue,
             }
-            if let Some(error) = actor.failed.get() {
-                return Err(error.clone());
-            }
-            // The task hibernated before it got to this request: the next one rehydrates.
         }
-        Err(SessionHostError::Unavailable(format!("session {} kept ending before it could answer", key.session())))
+        Err(SessionHostError::Unavailable(format!(
+            "session {} kept ending before it could answer",
+            key.session()
+        )))
     }
 
     /// Runs `work` only if `key` has a live task (a hibernated session has no connections).
-    async fn call_if_live(&self, key: &SessionKey, work: impl for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send + 'static) {
+    async fn call_if_live(
+        &self,
+        key: &SessionKey,
+        work: impl for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send + 'static,
+    ) {
         let actor = self.inner.actors.lock().unwrap().get(key).cloned();
         if let Some(actor) = actor {
             let _ = actor.mailbox.send(job(work)).await;
@@ -156,13 +206,23 @@ impl LocalSessionHost {
     /// A session's info: from its task when live, else read from the store without waking it.
     async fn peek(&self, key: &SessionKey) -> Result<Option<SessionInfo>, SessionHostError> {
         if self.is_live(key) {
-            return self.call(key, |rt| Box::pin(async move { rt.info() })).await.map(Some);
+            return self
+                .call(key, |rt| Box::pin(async move { rt.info() }))
+                .await
+                .map(Some);
         }
         let ports = &self.inner.ports;
-        let Some(persisted) = ports.store.load(key).await.map_err(|e| SessionHostError::from_class(e.class(), e.to_string()))? else {
+        let Some(persisted) = ports
+            .store
+            .load(key)
+            .await
+            .map_err(|e| SessionHostError::from_class(e.class(), e.to_string()))?
+        else {
             return Ok(None);
         };
-        Ok(Some(Session::restore(ports.clock.now(), ports.config.clone(), persisted)?.info()))
+        Ok(Some(
+            Session::restore(ports.clock.now(), ports.config.clone(), persisted)?.info(),
+        ))
     }
 }
 
@@ -176,29 +236,42 @@ struct SessionTask {
 }
 
 impl SessionTask {
-    async fn run(self, activation: Activation, inbox: mpsc::Receiver<Job>) {
+    async fn run(self, activation: Activation, mut inbox: mpsc::Receiver<Job>) {
         match self.activate(activation).await {
-            Ok(runtime) => self.serve(runtime, inbox).await,
+            Ok(runtime) => self.serve(runtime, &mut inbox).await,
             // Set before `inbox` drops, so callers whose requests it held read why.
             Err(error) => drop(self.failed.set(error)),
         }
         self.leave_registry();
+        // `inbox` drops last: a caller whose request it still held retries on a fresh task.
     }
 
     async fn activate(&self, activation: Activation) -> Result<SessionRuntime, SessionHostError> {
         let existing = SessionRuntime::rehydrate(self.ports.clone(), self.key.clone()).await;
         match activation {
-            Activation::Rehydrate => existing?.ok_or_else(|| SessionHostError::NotFound(format!("no session {}", self.key.session()))),
+            Activation::Rehydrate => existing?.ok_or_else(|| {
+                SessionHostError::NotFound(format!("no session {}", self.key.session()))
+            }),
             Activation::Create { init, created } => {
                 let outcome = match existing {
                     Ok(Some(runtime)) => {
-                        let _ = created.send(Err(SessionHostError::Conflict(format!("session {} already exists", self.key.session()))));
+                        let _ = created.send(Err(SessionHostError::Conflict(format!(
+                            "session {} already exists",
+                            self.key.session()
+                        ))));
                         return Ok(runtime);
                     }
-                    Ok(None) => SessionRuntime::create(self.ports.clone(), init).await.map_err(SessionHostError::from),
+                    Ok(None) => SessionRuntime::create(self.ports.clone(), *init)
+                        .await
+                        .map_err(SessionHostError::from),
                     Err(refused) => Err(refused.into()),
                 };
-                let _ = created.send(outcome.as_ref().map(SessionRuntime::info).map_err(Clone::clone));
+                let _ = created.send(
+                    outcome
+                        .as_ref()
+                        .map(SessionRuntime::info)
+                        .map_err(Clone::clone),
+                );
                 outcome
             }
         }
@@ -206,19 +279,20 @@ impl SessionTask {
 
     /// The task's loop: requests, deferred work and the timer, until the session hibernates or the
     /// host is dropped.
-    async fn serve(&self, mut runtime: SessionRuntime, mut inbox: mpsc::Receiver<Job>) {
+    async fn serve(&self, mut runtime: SessionRuntime, inbox: &mut mpsc::Receiver<Job>) {
         let mut deferred = FuturesUnordered::new();
         let mut timer: Option<(Timestamp, BoxFuture<'static, ()>)> = None;
         loop {
             deferred.extend(runtime.take_deferred());
-            if runtime.is_hibernating() && deferred.is_empty() {
+            if runtime.is_hibernating() && deferred.is_empty() && inbox.is_empty() {
                 return;
             }
             let deadline = runtime.poll_deadline();
             if timer.as_ref().map(|(at, _)| *at) != deadline {
                 timer = deadline.map(|at| {
                     let clock = self.ports.clock.clone();
-                    let sleep: BoxFuture<'static, ()> = Box::pin(async move { clock.sleep_until(at).await });
+                    let sleep: BoxFuture<'static, ()> =
+                        Box::pin(async move { clock.sleep_until(at).await });
                     (at, sleep)
                 });
             }
@@ -240,7 +314,10 @@ impl SessionTask {
     fn leave_registry(&self) {
         if let Some(inner) = self.registry.upgrade() {
             let mut actors = inner.actors.lock().unwrap();
-            if actors.get(&self.key).is_some_and(|actor| actor.generation == self.generation) {
+            if actors
+                .get(&self.key)
+                .is_some_and(|actor| actor.generation == self.generation)
+            {
                 actors.remove(&self.key);
             }
         }
@@ -257,26 +334,84 @@ async fn expiry(timer: &mut Option<(Timestamp, BoxFuture<'static, ()>)>) {
 
 #[async_trait]
 impl SessionHost for LocalSessionHost {
-    async fn create(&self, principal: &Principal, request: CreateSession) -> Result<SessionInfo, SessionHostError> {
+    async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateSession,
+    ) -> Result<SessionInfo, SessionHostError> {
         let key = principal.tenant().session(request.session_id);
-        let init = SessionInit { key: key.clone(), model: request.model, agent: request.agent, repo: request.repo, created_by: principal.attribution() };
-        let (created, answer) = oneshot::channel();
-        {
-            let mut actors = self.inner.actors.lock().unwrap();
-            if actors.contains_key(&key) {
-                return Err(SessionHostError::Conflict(format!("session {} already exists", key.session())));
+        let mut init = Some(SessionInit {
+            key: key.clone(),
+            model: request.model,
+            agent: request.agent,
+            repo: request.repo,
+            created_by: principal.attribution(),
+        });
+        for _ in 0..SEND_ATTEMPTS {
+            let existing = {
+                let mut actors = self.inner.actors.lock().unwrap();
+                match actors.get(&key) {
+                    Some(actor) => Ok(actor.clone()),
+                    None => {
+                        let (created, answer) = oneshot::channel();
+                        let init = init.take().expect("a create task is spawned once");
+                        self.spawn_actor(
+                            &mut actors,
+                            &key,
+                            Activation::Create {
+                                init: Box::new(init),
+                                created,
+                            },
+                        );
+                        Err(answer)
+                    }
+                }
+            };
+            let existing = match existing {
+                Ok(actor) => actor,
+                Err(answer) => {
+                    let ended = || {
+                        SessionHostError::Unavailable(
+                            "the session task ended before answering".into(),
+                        )
+                    };
+                    return answer.await.unwrap_or_else(|_| Err(ended()));
+                }
+            };
+            // A task holds the key: the session exists, unless that task is finding out it does not.
+            match attempt(&existing, |_rt| Box::pin(async {})).await {
+                Attempt::Answered(()) => break,
+                Attempt::Failed(error) if error.class() != ErrorClass::NotFound => {
+                    return Err(error)
+                }
+                Attempt::Failed(_) | Attempt::Ended => continue,
             }
-            self.spawn_actor(&mut actors, &key, Activation::Create { init, created });
         }
-        answer.await.unwrap_or_else(|_| Err(SessionHostError::Unavailable("the session task ended before answering".into())))
+        Err(SessionHostError::Conflict(format!(
+            "session {} already exists",
+            key.session()
+        )))
     }
 
-    async fn info(&self, tenant: &TenantContext, session: &SessionId) -> Result<SessionInfo, SessionHostError> {
-        self.call(&tenant.session(session.clone()), |rt| Box::pin(async move { rt.info() })).await
+    async fn info(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<SessionInfo, SessionHostError> {
+        self.call(&tenant.session(session.clone()), |rt| {
+            Box::pin(async move { rt.info() })
+        })
+        .await
     }
 
     async fn list(&self, tenant: &TenantContext) -> Result<Vec<SessionInfo>, SessionHostError> {
-        let ids = self.inner.ports.store.list(tenant.org()).await.map_err(|e| SessionHostError::from_class(e.class(), e.to_string()))?;
+        let ids = self
+            .inner
+            .ports
+            .store
+            .list(tenant.org())
+            .await
+            .map_err(|e| SessionHostError::from_class(e.class(), e.to_string()))?;
         let mut infos = Vec::with_capacity(ids.len());
         for id in ids {
             infos.extend(self.peek(&tenant.session(id)).await?);
@@ -284,40 +419,106 @@ impl SessionHost for LocalSessionHost {
         Ok(infos)
     }
 
-    async fn prompt(&self, principal: &Principal, session: &SessionId, request: PromptRequest) -> Result<Queued, SessionHostError> {
+    async fn prompt(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        request: PromptRequest,
+    ) -> Result<Queued, SessionHostError> {
         let by = principal.attribution();
-        Ok(self.call(&principal.tenant().session(session.clone()), |rt| Box::pin(rt.prompt(by, request))).await??)
+        Ok(self
+            .call(&principal.tenant().session(session.clone()), |rt| {
+                Box::pin(rt.prompt(by, request))
+            })
+            .await??)
     }
 
-    async fn cancel(&self, tenant: &TenantContext, session: &SessionId, run: Option<RunId>) -> Result<(), SessionHostError> {
+    async fn cancel(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+        run: Option<RunId>,
+    ) -> Result<(), SessionHostError> {
         let input = Input::Cancel { run_id: run };
-        self.call(&tenant.session(session.clone()), |rt| Box::pin(rt.handle(input))).await??;
+        self.call(&tenant.session(session.clone()), |rt| {
+            Box::pin(rt.handle(input))
+        })
+        .await??;
         Ok(())
     }
 
-    async fn close(&self, tenant: &TenantContext, session: &SessionId) -> Result<(), SessionHostError> {
-        self.call(&tenant.session(session.clone()), |rt| Box::pin(rt.handle(Input::Close))).await??;
+    async fn close(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<(), SessionHostError> {
+        self.call(&tenant.session(session.clone()), |rt| {
+            Box::pin(rt.handle(Input::Close))
+        })
+        .await??;
         Ok(())
     }
 
-    async fn events(&self, tenant: &TenantContext, session: &SessionId, after: u64, limit: usize) -> Result<EventPage, SessionHostError> {
+    async fn events(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, SessionHostError> {
         // The task hands out the read; the store answers it outside the task.
-        let read = self.call(&tenant.session(session.clone()), move |rt| Box::pin(async move { rt.events(after, limit) })).await?;
+        let read = self
+            .call(&tenant.session(session.clone()), move |rt| {
+                Box::pin(async move { rt.events(after, limit) })
+            })
+            .await?;
         Ok(read.await?)
     }
 
-    async fn attach_client(&self, principal: &Principal, session: &SessionId, after: Option<u64>) -> Result<ClientLink, SessionHostError> {
+    async fn attach_client(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        after: Option<u64>,
+    ) -> Result<ClientLink, SessionHostError> {
         let key = principal.tenant().session(session.clone());
-        let (conn, frames) = self.call(&key, move |rt| Box::pin(rt.attach_client(after, CLIENT_BUFFER))).await??;
-        let handle = LocalClientHandle { host: self.clone(), key, conn, by: principal.attribution() };
-        Ok(ClientLink { handle: Box::new(handle), frames })
+        let (conn, frames) = self
+            .call(&key, move |rt| {
+                Box::pin(rt.attach_client(after, CLIENT_BUFFER))
+            })
+            .await??;
+        let handle = LocalClientHandle {
+            host: self.clone(),
+            key,
+            conn,
+            by: principal.attribution(),
+        };
+        Ok(ClientLink {
+            handle: Box::new(handle),
+            frames,
+        })
     }
 
-    async fn attach_sandbox(&self, key: &SessionKey, token: &SecretString) -> Result<SandboxLink, SessionHostError> {
+    async fn attach_sandbox(
+        &self,
+        key: &SessionKey,
+        token: &SecretString,
+    ) -> Result<SandboxLink, SessionHostError> {
         let token = token.clone();
-        let (conn, frames) = self.call(key, |rt| Box::pin(async move { rt.attach_sandbox(&token).await })).await??;
-        let handle = LocalSandboxHandle { host: self.clone(), key: key.clone(), conn };
-        Ok(SandboxLink { handle: Box::new(handle), frames })
+        let (conn, frames) = self
+            .call(key, |rt| {
+                Box::pin(async move { rt.attach_sandbox(&token).await })
+            })
+            .await??;
+        let handle = LocalSandboxHandle {
+            host: self.clone(),
+            key: key.clone(),
+            conn,
+        };
+        Ok(SandboxLink {
+            handle: Box::new(handle),
+            frames,
+        })
     }
 }
 
@@ -336,12 +537,19 @@ impl ClientHandle for LocalClientHandle {
 
     async fn send(&self, message: ClientMessage) -> Result<(), SessionHostError> {
         let (conn, by) = (self.conn, self.by.clone());
-        Ok(self.host.call(&self.key, move |rt| Box::pin(async move { rt.client_message(conn, &by, message).await })).await??)
+        Ok(self
+            .host
+            .call(&self.key, move |rt| {
+                Box::pin(async move { rt.client_message(conn, &by, message).await })
+            })
+            .await??)
     }
 
     async fn detach(&self) {
         let conn = self.conn;
-        self.host.call_if_live(&self.key, move |rt| Box::pin(rt.detach_client(conn))).await;
+        self.host
+            .call_if_live(&self.key, move |rt| Box::pin(rt.detach_client(conn)))
+            .await;
     }
 }
 
@@ -359,12 +567,19 @@ impl SandboxHandle for LocalSandboxHandle {
 
     async fn send(&self, message: SandboxMessage) -> Result<(), SessionHostError> {
         let conn = self.conn;
-        Ok(self.host.call(&self.key, move |rt| Box::pin(rt.sandbox_message(conn, message))).await??)
+        Ok(self
+            .host
+            .call(&self.key, move |rt| {
+                Box::pin(rt.sandbox_message(conn, message))
+            })
+            .await??)
     }
 
     async fn detach(&self) {
         let conn = self.conn;
-        self.host.call_if_live(&self.key, move |rt| Box::pin(rt.detach_sandbox(conn))).await;
+        self.host
+            .call_if_live(&self.key, move |rt| Box::pin(rt.detach_sandbox(conn)))
+            .await;
     }
 }
 
@@ -416,7 +631,10 @@ mod tests {
         assert_ne!(a.expose(), b.expose());
         assert!(minter.hash_token(&a).matches(&hash_a));
         let (first, second) = (minter.run_id(), minter.run_id());
-        assert!(first.as_str() < second.as_str(), "UUIDv7 ids sort by creation: {first} then {second}");
+        assert!(
+            first.as_str() < second.as_str(),
+            "UUIDv7 ids sort by creation: {first} then {second}"
+        );
         assert_ne!(minter.conn_id(), minter.conn_id());
     }
 }

@@ -128,6 +128,13 @@ impl SessionKey {
         &self.session
     }
 
+    /// The tenant that owns this session, for work the actor does on the tenant's behalf (opening
+    /// its BYOK key for a run, recording its runs). Every actor was created from a tenant context;
+    /// a key built for a sandbox dial-back reaches an actor only after the sandbox token is checked.
+    pub fn tenant(&self) -> TenantContext {
+        TenantContext { org: self.org.clone() }
+    }
+
     /// Whether this key belongs to `tenant`.
     pub fn belongs_to(&self, tenant: &TenantContext) -> bool {
         self.org == tenant.org

@@ -40,7 +40,9 @@
 use crate::agent::{ModelGateway, PriceBook};
 use crate::record::{AuditLog, EventBus, RunLedger};
 use crate::sandbox::SandboxProvider;
-use crate::session::{Clock, EventPage, PromptRequest, Queued, SessionHostError, SessionStore, SessionStoreError};
+use crate::session::{
+    Clock, EventPage, PromptRequest, Queued, SessionHostError, SessionStore, SessionStoreError,
+};
 use crate::{Classify, FromClass, SecretString};
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
@@ -49,13 +51,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use switchboard_core::crypto::TokenHash;
 use switchboard_core::protocol::client::ControlFrame;
-use switchboard_core::protocol::{ClientMessage, GatewayConfig, ServerFrame, ServerToSandbox, SpawnSpec, SpawnTimeouts};
+use switchboard_core::protocol::{
+    ClientMessage, GatewayConfig, ServerFrame, ServerToSandbox, SpawnSpec, SpawnTimeouts,
+};
 use switchboard_core::run::Price;
 use switchboard_core::session::{
-    Accepted, ClientCommand, Commit, Effect, Input, PortFailure, Rejection, Session, SessionConfig, SessionInfo, SessionInit,
+    Accepted, ClientCommand, Commit, Effect, Input, PortFailure, Rejection, Session, SessionConfig,
+    SessionInfo, SessionInit,
 };
 use switchboard_core::tenancy::{Attribution, SessionKey, TenantContext};
-use switchboard_core::{ConnId, ErrorClass, ModelRef, Principal, RunId, Timestamp, UserId};
+use switchboard_core::{ConnId, ErrorClass, ModelRef, RunId, Timestamp};
 
 /// Tries of one commit before the store counts as failed (transient errors only, back to back:
 /// longer outages are the machine's to handle, through `StoreFailed`).
@@ -103,7 +108,12 @@ pub struct SessionPorts {
 impl SessionPorts {
     /// `{callback_base}/sandbox/v1/sessions/{org}/{session}/ws`.
     pub fn callback_url(&self, key: &SessionKey) -> String {
-        format!("{}/sandbox/v1/sessions/{}/{}/ws", self.callback_base.trim_end_matches('/'), key.org(), key.session())
+        format!(
+            "{}/sandbox/v1/sessions/{}/{}/ws",
+            self.callback_base.trim_end_matches('/'),
+            key.org(),
+            key.session()
+        )
     }
 }
 
@@ -118,7 +128,13 @@ enum Done {
     /// Feed this port answer to the machine.
     Answer(Input),
     /// The gateway and price of a run are resolved (or not): send `run`, then `DispatchResult`.
-    Dispatch { conn: ConnId, run_id: RunId, text: String, model: ModelRef, resolved: Result<(GatewayConfig, Option<Price>), PortFailure> },
+    Dispatch {
+        conn: ConnId,
+        run_id: RunId,
+        text: String,
+        model: ModelRef,
+        resolved: Result<(GatewayConfig, Option<Price>), PortFailure>,
+    },
     /// A replay into `conn` is through (`complete`) or broke off.
     Replayed { conn: ConnId, complete: bool },
     /// Nothing comes back (terminate).
@@ -160,7 +176,10 @@ impl SessionRuntime {
     /// Starts a new session (`Input::Start`: its first events and its first spawn). The caller has
     /// made sure the key is new ([`SessionRuntime::rehydrate`] found nothing). Fails when the first
     /// commit cannot be persisted, with the store's class.
-    pub async fn create(ports: SessionPorts, init: SessionInit) -> Result<SessionRuntime, Rejection> {
+    pub async fn create(
+        ports: SessionPorts,
+        init: SessionInit,
+    ) -> Result<SessionRuntime, Rejection> {
         let machine = Session::new(ports.clock.now(), ports.config.clone(), init);
         let mut runtime = SessionRuntime::around(ports, machine, 0);
         runtime.handle(Input::Start).await?;
@@ -170,7 +189,10 @@ impl SessionRuntime {
     /// Rebuilds a session from the store, and carries out what the restore calls for (flushing the
     /// ledger outbox again). `None` when the store has no such session; a store failure has the
     /// store's class, an unreadable snapshot is `Corrupt`.
-    pub async fn rehydrate(ports: SessionPorts, key: SessionKey) -> Result<Option<SessionRuntime>, Rejection> {
+    pub async fn rehydrate(
+        ports: SessionPorts,
+        key: SessionKey,
+    ) -> Result<Option<SessionRuntime>, Rejection> {
         let persisted = match ports.store.load(&key).await {
             Ok(Some(persisted)) => persisted,
             Ok(None) => return Ok(None),
@@ -178,7 +200,11 @@ impl SessionRuntime {
         };
         let machine = Session::restore(ports.clock.now(), ports.config.clone(), persisted)?;
         if machine.key() != &key {
-            return Err(rejection(ErrorClass::Corrupt, "foreign_snapshot", format!("the snapshot stored under {key} names {}", machine.key())));
+            return Err(rejection(
+                ErrorClass::Corrupt,
+                "foreign_snapshot",
+                format!("the snapshot stored under {key} names {}", machine.key()),
+            ));
         }
         let durable_seq = machine.last_seq();
         let mut runtime = SessionRuntime::around(ports, machine, durable_seq);
@@ -249,7 +275,10 @@ impl SessionRuntime {
         let accepted = self.feed(input)?;
         self.carry_out_effects().await;
         if self.call_lost_commit {
-            let failure = self.store_failure.clone().unwrap_or_else(|| PortFailure::new(ErrorClass::Unavailable, "not persisted"));
+            let failure = self
+                .store_failure
+                .clone()
+                .unwrap_or_else(|| PortFailure::new(ErrorClass::Unavailable, "not persisted"));
             return Err(rejection(failure.class, "store_failed", failure.message));
         }
         Ok(accepted)
@@ -257,7 +286,10 @@ impl SessionRuntime {
 
     /// Fires the watchdog if its deadline has come (calling early does nothing).
     pub async fn tick(&mut self) {
-        if self.poll_deadline().is_some_and(|at| at <= self.ports.clock.now()) {
+        if self
+            .poll_deadline()
+            .is_some_and(|at| at <= self.ports.clock.now())
+        {
             let _ = self.handle(Input::Tick).await;
         }
     }
@@ -266,24 +298,43 @@ impl SessionRuntime {
     pub async fn complete(&mut self, completion: Completion) {
         match completion.0 {
             Done::Answer(input) => self.owed.push_back(input),
-            Done::Dispatch { conn, run_id, text, model, resolved } => {
+            Done::Dispatch {
+                conn,
+                run_id,
+                text,
+                model,
+                resolved,
+            } => {
                 let result = match resolved {
                     Ok((gateway, price)) => {
-                        let run = ServerToSandbox::Run { run_id: run_id.clone(), text, model, gateway };
+                        let run = ServerToSandbox::Run {
+                            run_id: run_id.clone(),
+                            text,
+                            model,
+                            gateway,
+                        };
                         if self.send_to_sandbox(conn, run) {
                             Ok(price)
                         } else {
-                            Err(PortFailure::new(ErrorClass::Unavailable, "the sandbox connection closed before the run could be sent"))
+                            Err(PortFailure::new(
+                                ErrorClass::Unavailable,
+                                "the sandbox connection closed before the run could be sent",
+                            ))
                         }
                     }
                     Err(failure) => Err(failure),
                 };
-                self.owed.push_back(Input::DispatchResult { run_id, result });
+                self.owed
+                    .push_back(Input::DispatchResult { run_id, result });
             }
             Done::Replayed { conn, complete } => {
                 if !complete {
                     self.drop_client(conn);
-                } else if let Some(held) = self.clients.get_mut(&conn).and_then(|outbox| outbox.held.take()) {
+                } else if let Some(held) = self
+                    .clients
+                    .get_mut(&conn)
+                    .and_then(|outbox| outbox.held.take())
+                {
                     for frame in held {
                         self.send_to_client(conn, frame);
                     }
@@ -296,18 +347,45 @@ impl SessionRuntime {
 
     /// A prompt over HTTP: `Queued` once it is durable (a re-sent `client_msg_id` answers the
     /// original run).
-    pub async fn prompt(&mut self, by: Attribution, request: PromptRequest) -> Result<Queued, Rejection> {
-        let PromptRequest { run_id, text, client_msg_id } = request;
-        match self.handle(Input::Prompt { run_id, by, text, client_msg_id, conn: None }).await? {
-            Accepted::Queued { run_id, position, .. } => Ok(Queued { run_id, position }),
-            Accepted::Done => Err(rejection(ErrorClass::Conflict, "not_queued", "the session did not queue the prompt")),
+    pub async fn prompt(
+        &mut self,
+        by: Attribution,
+        request: PromptRequest,
+    ) -> Result<Queued, Rejection> {
+        let PromptRequest {
+            run_id,
+            text,
+            client_msg_id,
+        } = request;
+        match self
+            .handle(Input::Prompt {
+                run_id,
+                by,
+                text,
+                client_msg_id,
+                conn: None,
+            })
+            .await?
+        {
+            Accepted::Queued {
+                run_id, position, ..
+            } => Ok(Queued { run_id, position }),
+            Accepted::Done => Err(rejection(
+                ErrorClass::Conflict,
+                "not_queued",
+                "the session did not queue the prompt",
+            )),
         }
     }
 
     /// Attaches a client that has every event with seq > `after` (none when `None`). Its outbox is
     /// registered before the machine hears of it, so the hello and the replay reach it. `buffer`
     /// is how far (in frames) it may fall behind live events before it is dropped.
-    pub async fn attach_client(&mut self, after: Option<u64>, buffer: usize) -> Result<(ConnId, mpsc::Receiver<ServerFrame>), Rejection> {
+    pub async fn attach_client(
+        &mut self,
+        after: Option<u64>,
+        buffer: usize,
+    ) -> Result<(ConnId, mpsc::Receiver<ServerFrame>), Rejection> {
         let conn = self.ports.minter.conn_id();
         let (tx, rx) = mpsc::channel(buffer);
         self.clients.insert(conn, ClientOutbox { tx, held: None });
@@ -321,22 +399,47 @@ impl SessionRuntime {
     /// A frame from an attached client. A prompt gets a fresh run id from the minter. Input the
     /// machine refuses is answered on the client's stream with an `error` frame (its `code` is the
     /// refusal's), not as an `Err`: `Err` means the connection itself is unknown.
-    pub async fn client_message(&mut self, conn: ConnId, by: &Attribution, message: ClientMessage) -> Result<(), Rejection> {
+    pub async fn client_message(
+        &mut self,
+        conn: ConnId,
+        by: &Attribution,
+        message: ClientMessage,
+    ) -> Result<(), Rejection> {
         if !self.clients.contains_key(&conn) {
-            return Err(rejection(ErrorClass::NotFound, "unknown_connection", format!("{conn} is not attached")));
+            return Err(rejection(
+                ErrorClass::NotFound,
+                "unknown_connection",
+                format!("{conn} is not attached"),
+            ));
         }
         let command = |command| Input::ClientCommand { conn, command };
         let input = match message {
-            ClientMessage::Prompt { text, client_msg_id } => {
-                Input::Prompt { run_id: self.ports.minter.run_id(), by: by.clone(), text, client_msg_id, conn: Some(conn) }
-            }
+            ClientMessage::Prompt {
+                text,
+                client_msg_id,
+            } => Input::Prompt {
+                run_id: self.ports.minter.run_id(),
+                by: by.clone(),
+                text,
+                client_msg_id,
+                conn: Some(conn),
+            },
             ClientMessage::Cancel { run_id } => command(ClientCommand::Cancel { run_id }),
             ClientMessage::Ack { seq } => command(ClientCommand::Ack { seq }),
-            ClientMessage::Permission { request_id, decision } => command(ClientCommand::Permission { request_id, decision }),
+            ClientMessage::Permission {
+                request_id,
+                decision,
+            } => command(ClientCommand::Permission {
+                request_id,
+                decision,
+            }),
             ClientMessage::Ping { .. } => command(ClientCommand::Ping),
         };
         if let Err(refused) = self.handle(input).await {
-            let error = ControlFrame::Error { code: refused.code.to_string(), message: refused.message };
+            let error = ControlFrame::Error {
+                code: refused.code.to_string(),
+                message: refused.message,
+            };
             self.send_to_client(conn, ServerFrame::Control(error));
             self.carry_out_effects().await;
         }
@@ -351,18 +454,36 @@ impl SessionRuntime {
 
     /// A sandbox dialled back with `token`. `Unauthorized` (nothing changed) unless the machine
     /// accepts the token's hash.
-    pub async fn attach_sandbox(&mut self, token: &SecretString) -> Result<(ConnId, mpsc::Receiver<ServerToSandbox>), Rejection> {
+    pub async fn attach_sandbox(
+        &mut self,
+        token: &SecretString,
+    ) -> Result<(ConnId, mpsc::Receiver<ServerToSandbox>), Rejection> {
         let conn = self.ports.minter.conn_id();
         let token_hash = self.ports.minter.hash_token(token);
         let (tx, rx) = mpsc::channel(SANDBOX_BUFFER);
-        self.sandboxes.insert(conn, SandboxOutbox { tx, accepted: false });
-        let fed = self.handle(Input::SandboxConnect { conn, token_hash }).await;
-        let accepted = self.sandboxes.get(&conn).is_some_and(|outbox| outbox.accepted);
+        self.sandboxes.insert(
+            conn,
+            SandboxOutbox {
+                tx,
+                accepted: false,
+            },
+        );
+        let fed = self
+            .handle(Input::SandboxConnect { conn, token_hash })
+            .await;
+        let accepted = self
+            .sandboxes
+            .get(&conn)
+            .is_some_and(|outbox| outbox.accepted);
         match fed {
             Ok(_) if accepted => Ok((conn, rx)),
             Ok(_) => {
                 self.detach_sandbox(conn).await;
-                Err(rejection(ErrorClass::Unauthorized, "sandbox_token_rejected", "the sandbox token is wrong, stale or already replaced"))
+                Err(rejection(
+                    ErrorClass::Unauthorized,
+                    "sandbox_token_rejected",
+                    "the sandbox token is wrong, stale or already replaced",
+                ))
             }
             Err(refused) => {
                 self.detach_sandbox(conn).await;
@@ -372,11 +493,21 @@ impl SessionRuntime {
     }
 
     /// A frame from a sandbox socket. `NotFound` when the socket is no longer attached.
-    pub async fn sandbox_message(&mut self, conn: ConnId, message: switchboard_core::protocol::SandboxMessage) -> Result<(), Rejection> {
+    pub async fn sandbox_message(
+        &mut self,
+        conn: ConnId,
+        message: switchboard_core::protocol::SandboxMessage,
+    ) -> Result<(), Rejection> {
         if !self.sandboxes.contains_key(&conn) {
-            return Err(rejection(ErrorClass::NotFound, "unknown_connection", format!("{conn} is not attached")));
+            return Err(rejection(
+                ErrorClass::NotFound,
+                "unknown_connection",
+                format!("{conn} is not attached"),
+            ));
         }
-        self.handle(Input::SandboxMessage { conn, message }).await.map(|_| ())
+        self.handle(Input::SandboxMessage { conn, message })
+            .await
+            .map(|_| ())
     }
 
     /// The sandbox socket went away (idempotent).
@@ -387,10 +518,21 @@ impl SessionRuntime {
 
     /// A page of the durable event log, with the last durable seq. The read does not need the
     /// runtime once started.
-    pub fn events(&self, after: u64, limit: usize) -> impl std::future::Future<Output = Result<EventPage, Rejection>> + Send + 'static {
-        let (store, key, last_seq) = (self.ports.store.clone(), self.key().clone(), self.durable_seq);
+    pub fn events(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<EventPage, Rejection>> + Send + 'static {
+        let (store, key, last_seq) = (
+            self.ports.store.clone(),
+            self.key().clone(),
+            self.durable_seq,
+        );
         async move {
-            let events = store.events(&key, after, limit).await.map_err(|e| store_rejection(&e))?;
+            let events = store
+                .events(&key, after, limit)
+                .await
+                .map_err(|e| store_rejection(&e))?;
             Ok(EventPage { events, last_seq })
         }
     }
@@ -411,7 +553,9 @@ impl SessionRuntime {
             while let Some(effect) = self.machine.poll_effect() {
                 self.carry_out(effect).await;
             }
-            let Some(input) = self.owed.pop_front() else { break };
+            let Some(input) = self.owed.pop_front() else {
+                break;
+            };
             // A late answer (an old spawn, a run that already ended) may be refused: nothing changes.
             let _ = self.feed(input);
         }
@@ -435,7 +579,11 @@ impl SessionRuntime {
                     }
                 }
             }
-            Effect::Replay { conn, after, through } => self.replay(conn, after, through),
+            Effect::Replay {
+                conn,
+                after,
+                through,
+            } => self.replay(conn, after, through),
             Effect::AcceptSandbox { conn } => {
                 if let Some(outbox) = self.sandboxes.get_mut(&conn) {
                     outbox.accepted = true;
@@ -450,10 +598,16 @@ impl SessionRuntime {
             Effect::SendToSandbox { conn, message } => {
                 self.send_to_sandbox(conn, message);
             }
-            Effect::DispatchRun { conn, run_id, text, model } => self.dispatch(conn, run_id, text, model),
+            Effect::DispatchRun {
+                conn,
+                run_id,
+                text,
+                model,
+            } => self.dispatch(conn, run_id, text, model),
             Effect::SpawnSandbox { spawn, request } => {
                 let (token, token_hash) = self.ports.minter.sandbox_token();
-                self.owed.push_back(Input::SandboxTokenIssued { spawn, token_hash });
+                self.owed
+                    .push_back(Input::SandboxTokenIssued { spawn, token_hash });
                 let key = self.key();
                 let spec = SpawnSpec {
                     session_key: key.to_string(),
@@ -462,7 +616,10 @@ impl SessionRuntime {
                     agent: request.agent,
                     repo: request.repo,
                     env: BTreeMap::new(),
-                    timeouts: SpawnTimeouts { idle_s: request.idle_s, max_s: request.max_s },
+                    timeouts: SpawnTimeouts {
+                        idle_s: request.idle_s,
+                        max_s: request.max_s,
+                    },
                 };
                 let provider = self.ports.sandboxes.clone();
                 self.defer(async move {
@@ -486,8 +643,15 @@ impl SessionRuntime {
             Effect::RecordRun(record) => {
                 let ledger = self.ports.ledger.clone();
                 self.defer(async move {
-                    let result = ledger.record(&record).await.map(|_| ()).map_err(|e| e.to_failure());
-                    Completion(Done::Answer(Input::RunRecorded { run_id: record.run_id, result }))
+                    let result = ledger
+                        .record(&record)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_failure());
+                    Completion(Done::Answer(Input::RunRecorded {
+                        run_id: record.run_id,
+                        result,
+                    }))
                 });
             }
             Effect::Publish(event) => {
@@ -545,7 +709,9 @@ impl SessionRuntime {
 
     /// Queues a frame for a client, or drops the client when it has fallen too far behind.
     fn send_to_client(&mut self, conn: ConnId, frame: ServerFrame) {
-        let Some(outbox) = self.clients.get_mut(&conn) else { return };
+        let Some(outbox) = self.clients.get_mut(&conn) else {
+            return;
+        };
         let queued = match outbox.held.as_mut() {
             Some(held) if held.len() < HELD_FRAMES => {
                 held.push_back(frame);
@@ -571,7 +737,9 @@ impl SessionRuntime {
     /// Streams persisted events `after < seq <= through` into the client's outbox at the pace the
     /// client reads; live frames wait in `held` meanwhile.
     fn replay(&mut self, conn: ConnId, after: u64, through: u64) {
-        let Some(outbox) = self.clients.get_mut(&conn) else { return };
+        let Some(outbox) = self.clients.get_mut(&conn) else {
+            return;
+        };
         outbox.held.get_or_insert_with(VecDeque::new);
         let mut tx = outbox.tx.clone();
         let store = self.ports.store.clone();
@@ -579,25 +747,35 @@ impl SessionRuntime {
         self.defer(async move {
             let mut seen = after;
             while seen < through {
-                let Ok(page) = store.events(&key, seen, REPLAY_PAGE).await else { break };
+                let Ok(page) = store.events(&key, seen, REPLAY_PAGE).await else {
+                    break;
+                };
                 if page.is_empty() {
                     break;
                 }
                 for event in page.into_iter().take_while(|e| e.seq <= through) {
                     // A gap in the log would break "every event exactly once": give up instead.
                     if event.seq != seen + 1 || tx.send(ServerFrame::Event(event)).await.is_err() {
-                        return Completion(Done::Replayed { conn, complete: false });
+                        return Completion(Done::Replayed {
+                            conn,
+                            complete: false,
+                        });
                     }
                     seen += 1;
                 }
             }
-            Completion(Done::Replayed { conn, complete: seen >= through })
+            Completion(Done::Replayed {
+                conn,
+                complete: seen >= through,
+            })
         });
     }
 
     /// Queues a frame for a sandbox; a socket that fell too far behind (or is gone) is closed.
     fn send_to_sandbox(&mut self, conn: ConnId, message: ServerToSandbox) -> bool {
-        let Some(outbox) = self.sandboxes.get_mut(&conn) else { return false };
+        let Some(outbox) = self.sandboxes.get_mut(&conn) else {
+            return false;
+        };
         if outbox.tx.try_send(message).is_ok() {
             return true;
         }
@@ -619,22 +797,35 @@ impl SessionRuntime {
     /// than being recorded as free), then hands it back to be sent in order with other frames.
     fn dispatch(&mut self, conn: ConnId, run_id: RunId, text: String, model: ModelRef) {
         let (prices, gateway) = (self.ports.prices.clone(), self.ports.gateway.clone());
-        let tenant = actor_tenant(self.key());
+        let tenant = self.key().tenant();
         self.defer(async move {
             let resolved = async {
                 let price = prices.price(&model).await.map_err(|e| e.to_failure())?;
-                let config = gateway.resolve(&tenant, &run_id, &model).await.map_err(|e| e.to_failure())?;
+                let config = gateway
+                    .resolve(&tenant, &run_id, &model)
+                    .await
+                    .map_err(|e| e.to_failure())?;
                 Ok((config, price))
             }
             .await;
-            Completion(Done::Dispatch { conn, run_id, text, model, resolved })
+            Completion(Done::Dispatch {
+                conn,
+                run_id,
+                text,
+                model,
+                resolved,
+            })
         });
     }
 }
 
 /// Commits, retrying transient failures. (Free functions: the runtime is `Send` but not `Sync`,
 /// so its futures never hold `&self` across an await.)
-async fn commit_with_retries(store: Arc<dyn SessionStore>, key: SessionKey, commit: &Commit) -> Result<(), SessionStoreError> {
+async fn commit_with_retries(
+    store: Arc<dyn SessionStore>,
+    key: SessionKey,
+    commit: &Commit,
+) -> Result<(), SessionStoreError> {
     let mut attempt = 1;
     loop {
         let error = match store.commit(&key, commit).await {
@@ -642,7 +833,10 @@ async fn commit_with_retries(store: Arc<dyn SessionStore>, key: SessionKey, comm
             Err(e) => e,
         };
         // A retry refused as a seq conflict may mean an earlier try landed but its answer was lost.
-        if attempt > 1 && error.class() == ErrorClass::Conflict && landed(&*store, &key, commit).await {
+        if attempt > 1
+            && error.class() == ErrorClass::Conflict
+            && landed(&*store, &key, commit).await
+        {
             return Ok(());
         }
         if !error.class().is_transient() || attempt >= PERSIST_ATTEMPTS {
@@ -654,19 +848,19 @@ async fn commit_with_retries(store: Arc<dyn SessionStore>, key: SessionKey, comm
 
 /// Whether the last event of `commit` is in the store as written (commits are atomic).
 async fn landed(store: &dyn SessionStore, key: &SessionKey, commit: &Commit) -> bool {
-    let Some(last) = commit.events.last() else { return false };
+    let Some(last) = commit.events.last() else {
+        return false;
+    };
     matches!(store.events(key, last.seq - 1, 1).await, Ok(page) if page.first() == Some(last))
 }
 
-/// The tenant a session actor acts for: the org its key was built from. The core only hands out a
-/// `TenantContext` through a `Principal`, so the actor names itself (no scopes) to get one.
-fn actor_tenant(key: &SessionKey) -> TenantContext {
-    let actor = UserId::parse("session-actor").expect("a valid user id");
-    Principal::from_verified_credential(key.org().clone(), actor, None, Vec::new()).tenant()
-}
 
 fn rejection(class: ErrorClass, code: &'static str, message: impl Into<String>) -> Rejection {
-    Rejection { class, code, message: message.into() }
+    Rejection {
+        class,
+        code,
+        message: message.into(),
+    }
 }
 
 fn store_rejection(e: &SessionStoreError) -> Rejection {

@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use switchboard_adapters::local_host::LocalSessionHost;
 use switchboard_core::protocol::client::ControlFrame;
-use switchboard_core::protocol::{ClientMessage, Event, SandboxMessage, ServerFrame, ServerToSandbox, SessionStatus, TerminalStatus, Usage};
+use switchboard_core::protocol::{
+    ClientMessage, Event, SandboxMessage, ServerFrame, ServerToSandbox, SessionStatus,
+    TerminalStatus, Usage,
+};
 use switchboard_core::session::{SessionConfig, SessionInfo};
 use switchboard_core::tenancy::{Principal, SessionKey, TenantContext};
 use switchboard_core::{ClientMsgId, ModelRef, OrgId, RunId, Scope, SessionId, UserId};
@@ -35,8 +38,12 @@ use switchboard_fakes::session_store::InMemorySessionStore;
 use switchboard_fakes::InMemoryClock;
 use switchboard_ports::error::ErrorClass;
 use switchboard_ports::runtime::SessionPorts;
-use switchboard_ports::session::{ClientLink, CreateSession, EventPage, PromptRequest, Queued, SandboxLink};
-use switchboard_ports::{Classify, PortId, SecretString, SecretVault, SessionHost, SessionHostError};
+use switchboard_ports::session::{
+    ClientLink, CreateSession, EventPage, PromptRequest, Queued, SandboxLink,
+};
+use switchboard_ports::{
+    Classify, PortId, SecretString, SecretVault, SessionHost, SessionHostError,
+};
 
 /// The model every case's sessions use (its provider has a key in the fixture's vault once
 /// [`Fixture::byok`] ran).
@@ -59,7 +66,8 @@ impl Fixture {
     pub fn over_fakes(host: impl FnOnce(SessionPorts) -> Arc<dyn SessionHost>) -> Fixture {
         let clock = InMemoryClock::new();
         let sandboxes = Arc::new(InMemorySandboxProvider::new());
-        let vault: Arc<dyn SecretVault> = Arc::new(InMemorySecretVault::new(Arc::new(clock.clone())));
+        let vault: Arc<dyn SecretVault> =
+            Arc::new(InMemorySecretVault::new(Arc::new(clock.clone())));
         let ports = SessionPorts {
             store: Arc::new(InMemorySessionStore::new()),
             sandboxes: sandboxes.clone(),
@@ -73,19 +81,34 @@ impl Fixture {
             callback_base: "ws://127.0.0.1:8080".into(),
             config: SessionConfig::default(),
         };
-        Fixture { host: host(ports), clock, sandboxes, vault }
+        Fixture {
+            host: host(ports),
+            clock,
+            sandboxes,
+            vault,
+        }
     }
 
     /// Stores a key for the model's provider, so runs of `tenant` can be dispatched.
     pub async fn byok(&self, tenant: &TenantContext) -> Result<(), String> {
-        let provider = ModelRef::parse(MODEL).map_err(|e| e.to_string())?.provider().to_string();
-        self.vault.put(tenant, &provider, &SecretString::new("sk-test-key")).await.map(|_| ()).map_err(|e| e.to_string())
+        let provider = ModelRef::parse(MODEL)
+            .map_err(|e| e.to_string())?
+            .provider()
+            .to_string();
+        self.vault
+            .put(tenant, &provider, &SecretString::new("sk-test-key"))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Dials back into `key` as its latest sandbox would, with the token it was spawned with.
     pub async fn dial_back(&self, key: &SessionKey) -> Result<SandboxLink, String> {
         let token = self.sandbox_token(key).await?;
-        self.host.attach_sandbox(key, &token).await.map_err(|e| format!("dialling back with the spawned token failed: {e}"))
+        self.host
+            .attach_sandbox(key, &token)
+            .await
+            .map_err(|e| format!("dialling back with the spawned token failed: {e}"))
     }
 
     /// The token of `key`'s latest spawn. A host may spawn in the background: this waits (by
@@ -94,7 +117,11 @@ impl Fixture {
         let wanted = key.to_string();
         for _ in 0..10_000 {
             let spawned = self.sandboxes.spawned();
-            if let Some((_, spec)) = spawned.iter().rev().find(|(_, spec)| spec.session_key == wanted) {
+            if let Some((_, spec)) = spawned
+                .iter()
+                .rev()
+                .find(|(_, spec)| spec.session_key == wanted)
+            {
                 return Ok(SecretString::new(spec.token.clone()));
             }
             tokio::task::yield_now().await;
@@ -106,14 +133,38 @@ impl Fixture {
 /// Every contract case of `SessionHost`, one per `# Contract` bullet.
 pub fn cases() -> Vec<Case<Fixture>> {
     vec![
-        Case { name: "create_then_info", run: |f| Box::pin(create_then_info(f)) },
-        Case { name: "other_tenant_not_found", run: |f| Box::pin(other_tenant_not_found(f)) },
-        Case { name: "prompt_queues_fifo", run: |f| Box::pin(prompt_queues_fifo(f)) },
-        Case { name: "duplicate_client_msg_id", run: |f| Box::pin(duplicate_client_msg_id(f)) },
-        Case { name: "client_replay_after", run: |f| Box::pin(client_replay_after(f)) },
-        Case { name: "sandbox_bad_token_unauthorized", run: |f| Box::pin(sandbox_bad_token_unauthorized(f)) },
-        Case { name: "closed_session_refuses_prompts", run: |f| Box::pin(closed_session_refuses_prompts(f)) },
-        Case { name: "list_is_tenant_scoped", run: |f| Box::pin(list_is_tenant_scoped(f)) },
+        Case {
+            name: "create_then_info",
+            run: |f| Box::pin(create_then_info(f)),
+        },
+        Case {
+            name: "other_tenant_not_found",
+            run: |f| Box::pin(other_tenant_not_found(f)),
+        },
+        Case {
+            name: "prompt_queues_fifo",
+            run: |f| Box::pin(prompt_queues_fifo(f)),
+        },
+        Case {
+            name: "duplicate_client_msg_id",
+            run: |f| Box::pin(duplicate_client_msg_id(f)),
+        },
+        Case {
+            name: "client_replay_after",
+            run: |f| Box::pin(client_replay_after(f)),
+        },
+        Case {
+            name: "sandbox_bad_token_unauthorized",
+            run: |f| Box::pin(sandbox_bad_token_unauthorized(f)),
+        },
+        Case {
+            name: "closed_session_refuses_prompts",
+            run: |f| Box::pin(closed_session_refuses_prompts(f)),
+        },
+        Case {
+            name: "list_is_tenant_scoped",
+            run: |f| Box::pin(list_is_tenant_scoped(f)),
+        },
     ]
 }
 
@@ -138,14 +189,20 @@ fn run(s: &str) -> RunId {
 }
 
 fn create_request(session: &str) -> CreateSession {
-    CreateSession { session_id: sid(session), model: ModelRef::parse(MODEL).expect("valid model"), agent: "opencode".into(), repo: None }
+    CreateSession {
+        session_id: sid(session),
+        model: ModelRef::parse(MODEL).expect("valid model"),
+        agent: "opencode".into(),
+        repo: None,
+    }
 }
 
 fn prompt_request(run_id: &str, text: &str, client_msg_id: Option<&str>) -> PromptRequest {
     PromptRequest {
         run_id: run(run_id),
         text: text.into(),
-        client_msg_id: client_msg_id.map(|id| ClientMsgId::parse(id).expect("valid client message id")),
+        client_msg_id: client_msg_id
+            .map(|id| ClientMsgId::parse(id).expect("valid client message id")),
     }
 }
 
@@ -160,11 +217,17 @@ async fn next_run(link: &mut SandboxLink) -> Result<RunId, String> {
 }
 
 async fn next_frame(link: &mut ClientLink) -> Result<ServerFrame, String> {
-    link.frames.next().await.ok_or_else(|| "the client stream ended early".to_string())
+    link.frames
+        .next()
+        .await
+        .ok_or_else(|| "the client stream ended early".to_string())
 }
 
 fn run_queued_count(page: &EventPage) -> usize {
-    page.events.iter().filter(|e| matches!(e.event, Event::RunQueued { .. })).count()
+    page.events
+        .iter()
+        .filter(|e| matches!(e.event, Event::RunQueued { .. }))
+        .count()
 }
 
 // ----- cases -----------------------------------------------------------------------------------
@@ -178,35 +241,70 @@ async fn create_then_info(f: Fixture) -> CaseResult {
     let info = ok!(f.host.info(&p.tenant(), &sid("s-create")).await);
     ensure_eq!(info.status, SessionStatus::Provisioning);
     ensure_eq!(info.model.to_string(), MODEL);
-    expect_class!(f.host.create(&p, create_request("s-create")).await, ErrorClass::Conflict);
-    expect_class!(f.host.info(&p.tenant(), &sid("s-never-created")).await, ErrorClass::NotFound);
+    expect_class!(
+        f.host.create(&p, create_request("s-create")).await,
+        ErrorClass::Conflict
+    );
+    expect_class!(
+        f.host.info(&p.tenant(), &sid("s-never-created")).await,
+        ErrorClass::NotFound
+    );
     Ok(())
 }
 
 async fn other_tenant_not_found(f: Fixture) -> CaseResult {
     let (owner, other) = (member(), member());
     ok!(f.host.create(&owner, create_request("s-private")).await);
-    let token = f.sandbox_token(&owner.tenant().session(sid("s-private"))).await?;
+    let token = f
+        .sandbox_token(&owner.tenant().session(sid("s-private")))
+        .await?;
     let (tenant, s) = (other.tenant(), sid("s-private"));
 
     expect_class!(f.host.info(&tenant, &s).await, ErrorClass::NotFound);
-    expect_class!(f.host.prompt(&other, &s, prompt_request("r-intruder", "hi", None)).await, ErrorClass::NotFound);
+    expect_class!(
+        f.host
+            .prompt(&other, &s, prompt_request("r-intruder", "hi", None))
+            .await,
+        ErrorClass::NotFound
+    );
     expect_class!(f.host.cancel(&tenant, &s, None).await, ErrorClass::NotFound);
     expect_class!(f.host.close(&tenant, &s).await, ErrorClass::NotFound);
-    expect_class!(f.host.events(&tenant, &s, 0, 100).await, ErrorClass::NotFound);
+    expect_class!(
+        f.host.events(&tenant, &s, 0, 100).await,
+        ErrorClass::NotFound
+    );
     match f.host.attach_client(&other, &s, None).await {
-        Err(e) => ensure_eq!(e.class(), ErrorClass::NotFound, "attach_client to another org's session"),
+        Err(e) => ensure_eq!(
+            e.class(),
+            ErrorClass::NotFound,
+            "attach_client to another org's session"
+        ),
         Ok(_) => return Err("attach_client to another org's session succeeded".into()),
     }
     // Even the right token does not open the session under another org's route.
-    match f.host.attach_sandbox(&tenant.session(s.clone()), &token).await {
-        Err(e) => ensure_eq!(e.class(), ErrorClass::NotFound, "attach_sandbox under another org's route"),
+    match f
+        .host
+        .attach_sandbox(&tenant.session(s.clone()), &token)
+        .await
+    {
+        Err(e) => ensure_eq!(
+            e.class(),
+            ErrorClass::NotFound,
+            "attach_sandbox under another org's route"
+        ),
         Ok(_) => return Err("attach_sandbox under another org's route succeeded".into()),
     }
-    ensure!(ok!(f.host.list(&tenant).await).is_empty(), "the other org lists the session");
+    ensure!(
+        ok!(f.host.list(&tenant).await).is_empty(),
+        "the other org lists the session"
+    );
 
     let info = ok!(f.host.info(&owner.tenant(), &s).await);
-    ensure_eq!(info.status, SessionStatus::Provisioning, "the owner's session was touched");
+    ensure_eq!(
+        info.status,
+        SessionStatus::Provisioning,
+        "the owner's session was touched"
+    );
     ensure_eq!(info.queue_length, 0, "the owner's session was touched");
     Ok(())
 }
@@ -217,13 +315,26 @@ async fn prompt_queues_fifo(f: Fixture) -> CaseResult {
     ok!(f.byok(&p.tenant()).await);
     ok!(f.host.create(&p, create_request("s-fifo")).await);
     for (i, run_id) in ["r-1", "r-2", "r-3"].into_iter().enumerate() {
-        let queued = ok!(f.host.prompt(&p, &s, prompt_request(run_id, &format!("prompt {i}"), None)).await);
-        ensure_eq!(queued, Queued { run_id: run(run_id), position: i as u32 });
+        let queued = ok!(f
+            .host
+            .prompt(&p, &s, prompt_request(run_id, &format!("prompt {i}"), None))
+            .await);
+        ensure_eq!(
+            queued,
+            Queued {
+                run_id: run(run_id),
+                position: i as u32
+            }
+        );
     }
     let mut sandbox = ok!(f.dial_back(&p.tenant().session(s.clone())).await);
     for (n, expected) in (1u64..).zip(["r-1", "r-2", "r-3"]) {
         let sent = next_run(&mut sandbox).await?;
-        ensure_eq!(sent, run(expected), "runs must reach the sandbox in prompt order");
+        ensure_eq!(
+            sent,
+            run(expected),
+            "runs must reach the sandbox in prompt order"
+        );
         let finished = SandboxMessage::RunFinished {
             run_id: sent,
             n,
@@ -235,8 +346,15 @@ async fn prompt_queues_fifo(f: Fixture) -> CaseResult {
         ok!(sandbox.handle.send(finished).await);
     }
     let page = ok!(f.host.events(&p.tenant(), &s, 0, 1000).await);
-    let completed = page.events.iter().filter(|e| matches!(e.event, Event::ExecutionComplete { .. })).map(|e| e.run_id.clone());
-    ensure_eq!(completed.collect::<Vec<_>>(), vec![Some(run("r-1")), Some(run("r-2")), Some(run("r-3"))]);
+    let completed = page
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, Event::ExecutionComplete { .. }))
+        .map(|e| e.run_id.clone());
+    ensure_eq!(
+        completed.collect::<Vec<_>>(),
+        vec![Some(run("r-1")), Some(run("r-2")), Some(run("r-3"))]
+    );
     Ok(())
 }
 
@@ -244,10 +362,26 @@ async fn duplicate_client_msg_id(f: Fixture) -> CaseResult {
     let p = member();
     let s = sid("s-dup");
     ok!(f.host.create(&p, create_request("s-dup")).await);
-    let first = ok!(f.host.prompt(&p, &s, prompt_request("r-first", "do it", Some("msg-1"))).await);
-    ensure_eq!(first, Queued { run_id: run("r-first"), position: 0 });
-    let again = ok!(f.host.prompt(&p, &s, prompt_request("r-again", "do it", Some("msg-1"))).await);
-    ensure_eq!(again.run_id, run("r-first"), "a re-sent client_msg_id must answer the original run");
+    let first = ok!(f
+        .host
+        .prompt(&p, &s, prompt_request("r-first", "do it", Some("msg-1")))
+        .await);
+    ensure_eq!(
+        first,
+        Queued {
+            run_id: run("r-first"),
+            position: 0
+        }
+    );
+    let again = ok!(f
+        .host
+        .prompt(&p, &s, prompt_request("r-again", "do it", Some("msg-1")))
+        .await);
+    ensure_eq!(
+        again.run_id,
+        run("r-first"),
+        "a re-sent client_msg_id must answer the original run"
+    );
     let info = ok!(f.host.info(&p.tenant(), &s).await);
     ensure_eq!(info.queue_length, 1, "the prompt must be queued once");
     let page = ok!(f.host.events(&p.tenant(), &s, 0, 1000).await);
@@ -259,14 +393,27 @@ async fn client_replay_after(f: Fixture) -> CaseResult {
     let p = member();
     let s = sid("s-replay");
     ok!(f.host.create(&p, create_request("s-replay")).await);
-    ok!(f.host.prompt(&p, &s, prompt_request("r-a", "first", None)).await);
-    ok!(f.host.prompt(&p, &s, prompt_request("r-b", "second", None)).await);
+    ok!(f
+        .host
+        .prompt(&p, &s, prompt_request("r-a", "first", None))
+        .await);
+    ok!(f
+        .host
+        .prompt(&p, &s, prompt_request("r-b", "second", None))
+        .await);
     let SessionInfo { last_seq, .. } = ok!(f.host.info(&p.tenant(), &s).await);
-    ensure!(last_seq >= 3, "expected at least three events before attaching, got last_seq {last_seq}");
+    ensure!(
+        last_seq >= 3,
+        "expected at least three events before attaching, got last_seq {last_seq}"
+    );
 
     let mut link = ok!(f.host.attach_client(&p, &s, Some(1)).await);
     match next_frame(&mut link).await? {
-        ServerFrame::Control(ControlFrame::Hello { session_id, last_seq: said, .. }) => {
+        ServerFrame::Control(ControlFrame::Hello {
+            session_id,
+            last_seq: said,
+            ..
+        }) => {
             ensure_eq!(session_id, s.clone());
             ensure_eq!(said, last_seq, "hello names the last seq");
         }
@@ -274,22 +421,39 @@ async fn client_replay_after(f: Fixture) -> CaseResult {
     }
     for seq in 2..=last_seq {
         match next_frame(&mut link).await? {
-            ServerFrame::Event(e) => ensure_eq!(e.seq, seq, "replay must be every event after 1, in order"),
+            ServerFrame::Event(e) => {
+                ensure_eq!(e.seq, seq, "replay must be every event after 1, in order")
+            }
             other => return Err(format!("expected event {seq}, got {other:?}")),
         }
     }
     // A live event follows the replay exactly once, then a pong marks the end of what was sent.
-    ok!(f.host.prompt(&p, &s, prompt_request("r-c", "third", None)).await);
+    ok!(f
+        .host
+        .prompt(&p, &s, prompt_request("r-c", "third", None))
+        .await);
     ok!(link.handle.send(ClientMessage::Ping {}).await);
     match next_frame(&mut link).await? {
         ServerFrame::Event(e) => ensure_eq!(e.seq, last_seq + 1, "the live event"),
-        other => return Err(format!("expected the live event {}, got {other:?}", last_seq + 1)),
+        other => {
+            return Err(format!(
+                "expected the live event {}, got {other:?}",
+                last_seq + 1
+            ))
+        }
     }
     match next_frame(&mut link).await? {
         ServerFrame::Control(ControlFrame::Pong) => {}
-        other => return Err(format!("expected pong and nothing before it, got {other:?}")),
+        other => {
+            return Err(format!(
+                "expected pong and nothing before it, got {other:?}"
+            ))
+        }
     }
-    ensure!(link.frames.try_recv().is_err(), "nothing may follow the pong");
+    ensure!(
+        link.frames.try_recv().is_err(),
+        "nothing may follow the pong"
+    );
     link.handle.detach().await;
     Ok(())
 }
@@ -303,14 +467,26 @@ async fn sandbox_bad_token_unauthorized(f: Fixture) -> CaseResult {
     let info_before = ok!(f.host.info(&p.tenant(), &s).await);
     let events_before = ok!(f.host.events(&p.tenant(), &s, 0, 1000).await);
 
-    for wrong in [format!("{}x", good.expose()), "sbx_wrong".to_string(), String::new()] {
+    for wrong in [
+        format!("{}x", good.expose()),
+        "sbx_wrong".to_string(),
+        String::new(),
+    ] {
         match f.host.attach_sandbox(&key, &SecretString::new(wrong)).await {
             Err(e) => ensure_eq!(e.class(), ErrorClass::Unauthorized, "a wrong sandbox token"),
             Ok(_) => return Err("a wrong sandbox token was accepted".into()),
         }
     }
-    ensure_eq!(ok!(f.host.info(&p.tenant(), &s).await), info_before, "a refused token changed the session");
-    ensure_eq!(ok!(f.host.events(&p.tenant(), &s, 0, 1000).await), events_before, "a refused token added events");
+    ensure_eq!(
+        ok!(f.host.info(&p.tenant(), &s).await),
+        info_before,
+        "a refused token changed the session"
+    );
+    ensure_eq!(
+        ok!(f.host.events(&p.tenant(), &s, 0, 1000).await),
+        events_before,
+        "a refused token added events"
+    );
     ok!(f.host.attach_sandbox(&key, &good).await.map(|_| ()));
     Ok(())
 }
@@ -320,11 +496,20 @@ async fn closed_session_refuses_prompts(f: Fixture) -> CaseResult {
     let s = sid("s-closed");
     ok!(f.host.create(&p, create_request("s-closed")).await);
     ok!(f.host.close(&p.tenant(), &s).await);
-    expect_class!(f.host.prompt(&p, &s, prompt_request("r-late", "too late", None)).await, ErrorClass::Conflict);
+    expect_class!(
+        f.host
+            .prompt(&p, &s, prompt_request("r-late", "too late", None))
+            .await,
+        ErrorClass::Conflict
+    );
     let info = ok!(f.host.info(&p.tenant(), &s).await);
     ensure_eq!(info.status, SessionStatus::Closed);
     let page = ok!(f.host.events(&p.tenant(), &s, 0, 1000).await);
-    ensure_eq!(run_queued_count(&page), 0, "no run may be queued after close");
+    ensure_eq!(
+        run_queued_count(&page),
+        0,
+        "no run may be queued after close"
+    );
     Ok(())
 }
 
@@ -335,10 +520,24 @@ async fn list_is_tenant_scoped(f: Fixture) -> CaseResult {
     ok!(f.host.create(&b, create_request("s-three")).await);
     // The same session id in another org is another session.
     ok!(f.host.create(&b, create_request("s-one")).await);
-    let ids = |infos: Vec<SessionInfo>| infos.into_iter().map(|i| i.id.to_string()).collect::<BTreeSet<_>>();
-    ensure_eq!(ids(ok!(f.host.list(&a.tenant()).await)), BTreeSet::from(["s-one".to_string(), "s-two".to_string()]));
-    ensure_eq!(ids(ok!(f.host.list(&b.tenant()).await)), BTreeSet::from(["s-one".to_string(), "s-three".to_string()]));
-    ensure!(ok!(f.host.list(&member().tenant()).await).is_empty(), "a new org lists sessions");
+    let ids = |infos: Vec<SessionInfo>| {
+        infos
+            .into_iter()
+            .map(|i| i.id.to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    ensure_eq!(
+        ids(ok!(f.host.list(&a.tenant()).await)),
+        BTreeSet::from(["s-one".to_string(), "s-two".to_string()])
+    );
+    ensure_eq!(
+        ids(ok!(f.host.list(&b.tenant()).await)),
+        BTreeSet::from(["s-one".to_string(), "s-three".to_string()])
+    );
+    ensure!(
+        ok!(f.host.list(&member().tenant()).await).is_empty(),
+        "a new org lists sessions"
+    );
     Ok(())
 }
 
@@ -348,10 +547,14 @@ async fn list_is_tenant_scoped(f: Fixture) -> CaseResult {
 pub fn implementations() -> Vec<Implementation<Fixture>> {
     vec![
         Implementation::new("in_memory", ImplKind::Fake, || async {
-            Ok(Fixture::over_fakes(|ports| Arc::new(InMemorySessionHost::new(ports))))
+            Ok(Fixture::over_fakes(|ports| {
+                Arc::new(InMemorySessionHost::new(ports))
+            }))
         }),
         Implementation::new("tokio_local", ImplKind::Adapter, || async {
-            Ok(Fixture::over_fakes(|ports| Arc::new(LocalSessionHost::new(ports))))
+            Ok(Fixture::over_fakes(|ports| {
+                Arc::new(LocalSessionHost::new(ports))
+            }))
         }),
     ]
 }
@@ -412,32 +615,80 @@ pub const CATALOG: &[CatalogEntry] = &[
 
 #[async_trait]
 impl SessionHost for Faulty<dyn SessionHost> {
-    async fn create(&self, principal: &Principal, request: CreateSession) -> Result<SessionInfo, SessionHostError> {
-        self.call("create", || self.inner.create(principal, request)).await
+    async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateSession,
+    ) -> Result<SessionInfo, SessionHostError> {
+        self.call("create", || self.inner.create(principal, request))
+            .await
     }
-    async fn info(&self, tenant: &TenantContext, session: &SessionId) -> Result<SessionInfo, SessionHostError> {
+    async fn info(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<SessionInfo, SessionHostError> {
         self.call("info", || self.inner.info(tenant, session)).await
     }
     async fn list(&self, tenant: &TenantContext) -> Result<Vec<SessionInfo>, SessionHostError> {
         self.call("list", || self.inner.list(tenant)).await
     }
-    async fn prompt(&self, principal: &Principal, session: &SessionId, request: PromptRequest) -> Result<Queued, SessionHostError> {
-        self.call("prompt", || self.inner.prompt(principal, session, request)).await
+    async fn prompt(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        request: PromptRequest,
+    ) -> Result<Queued, SessionHostError> {
+        self.call("prompt", || self.inner.prompt(principal, session, request))
+            .await
     }
-    async fn cancel(&self, tenant: &TenantContext, session: &SessionId, run: Option<RunId>) -> Result<(), SessionHostError> {
-        self.call("cancel", || self.inner.cancel(tenant, session, run)).await
+    async fn cancel(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+        run: Option<RunId>,
+    ) -> Result<(), SessionHostError> {
+        self.call("cancel", || self.inner.cancel(tenant, session, run))
+            .await
     }
-    async fn close(&self, tenant: &TenantContext, session: &SessionId) -> Result<(), SessionHostError> {
-        self.call("close", || self.inner.close(tenant, session)).await
+    async fn close(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<(), SessionHostError> {
+        self.call("close", || self.inner.close(tenant, session))
+            .await
     }
-    async fn events(&self, tenant: &TenantContext, session: &SessionId, after: u64, limit: usize) -> Result<EventPage, SessionHostError> {
-        self.call("events", || self.inner.events(tenant, session, after, limit)).await
+    async fn events(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, SessionHostError> {
+        self.call("events", || {
+            self.inner.events(tenant, session, after, limit)
+        })
+        .await
     }
-    async fn attach_client(&self, principal: &Principal, session: &SessionId, after: Option<u64>) -> Result<ClientLink, SessionHostError> {
-        self.call("attach_client", || self.inner.attach_client(principal, session, after)).await
+    async fn attach_client(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        after: Option<u64>,
+    ) -> Result<ClientLink, SessionHostError> {
+        self.call("attach_client", || {
+            self.inner.attach_client(principal, session, after)
+        })
+        .await
     }
-    async fn attach_sandbox(&self, key: &SessionKey, token: &SecretString) -> Result<SandboxLink, SessionHostError> {
-        self.call("attach_sandbox", || self.inner.attach_sandbox(key, token)).await
+    async fn attach_sandbox(
+        &self,
+        key: &SessionKey,
+        token: &SecretString,
+    ) -> Result<SandboxLink, SessionHostError> {
+        self.call("attach_sandbox", || self.inner.attach_sandbox(key, token))
+            .await
     }
 }
 
@@ -457,7 +708,11 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(PortId::SessionHost, &Implementation::new(name, ImplKind::Adapter, make), &cases()))
+    Report::run(harness::trials(
+        PortId::SessionHost,
+        &Implementation::new(name, ImplKind::Adapter, make),
+        &cases(),
+    ))
 }
 
 #[cfg(test)]
