@@ -71,6 +71,8 @@ enum Action {
         plan: SpawnPlan,
     },
     Restore,
+    /// The store fails: the machine evicts itself, writing nothing, and is rebuilt from the store.
+    StoreFails,
     Advance {
         ms: u32,
     },
@@ -105,6 +107,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (1u8..4).prop_map(|times| Action::LedgerFails { times }),
         1 => prop_oneof![Just(SpawnPlan::Silent), Just(SpawnPlan::ProviderError)].prop_map(|plan| Action::SpawnTrouble { plan }),
         2 => Just(Action::Restore),
+        1 => Just(Action::StoreFails),
         4 => prop_oneof![0u32..5_000, 5_000u32..70_000, 70_000u32..200_000].prop_map(|ms| Action::Advance { ms }),
         1 => Just(Action::Close),
     ]
@@ -287,6 +290,15 @@ fn apply(w: &mut World, model: &mut Model, action: &Action) -> Result<(), TestCa
             prop_assert_eq!(before.queue_length, after.queue_length);
             prop_assert_eq!(before.last_seq, after.last_seq);
             prop_assert_eq!(w.session.attached_clients(), 0);
+        }
+        Action::StoreFails => {
+            let (durable, evictions, records) = (w.store.last_seq(), w.evictions, w.ledger.records.len());
+            w.input(Input::StoreFailed { failure: PortFailure::new(ErrorClass::Unavailable, "injected") }).unwrap();
+            w.drive();
+            prop_assert_eq!(w.evictions, evictions + 1);
+            prop_assert_eq!(w.store.last_seq(), durable, "an evicted machine writes nothing");
+            prop_assert_eq!(w.ledger.records.len(), records, "and records nothing");
+            w.crash_and_restore();
         }
         Action::Advance { ms } => w.advance(Duration::from_millis(u64::from(*ms))),
         Action::Close => {

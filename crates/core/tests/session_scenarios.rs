@@ -971,40 +971,37 @@ fn critical_events_are_resent_until_acked() {
 }
 
 #[test]
-fn store_failure_fails_closed() {
+fn store_failure_evicts_without_writing_and_the_store_state_resumes() {
     let mut w = World::started(test_config());
     let watcher = w.attach(None);
     queued(w.prompt("r1", "go"));
     queued(w.prompt("r2", "queued"));
+    let durable_before = w.store.last_seq();
     w.input(Input::StoreFailed {
         failure: PortFailure::new(ErrorClass::Unavailable, "disk full"),
     })
     .unwrap();
     w.drive();
-    assert_eq!(w.session.status(), SessionStatus::Failed);
-    let errors = w.store.of_type("error");
-    assert!(matches!(&errors[0].event, Event::Error { code, .. } if code == "store_unavailable"));
-    assert_eq!(w.terminal_statuses()["r1"], vec![TerminalStatus::Failed]);
-    assert_eq!(w.terminal_statuses()["r2"], vec![TerminalStatus::Failed]);
-    assert!(w.boxes[&1].terminated);
-    assert_eq!(
-        w.store.events.last().unwrap().event,
-        Event::SessionStatus {
-            status: SessionStatus::Failed
-        }
+    assert_eq!(w.evictions, 1, "the machine asks to be dropped");
+    assert_eq!(w.store.last_seq(), durable_before, "nothing more is written");
+    assert!(w.ledger.records.is_empty(), "no ledger record of an outcome the store never saw");
+    assert!(
+        w.clients[&watcher]
+            .received
+            .iter()
+            .any(|r| matches!(r, Received::Error { code } if code == "store_unavailable")),
+        "attached clients are told, outside the sequence"
     );
     assert_eq!(
         rejected(w.prompt("r3", "hello?")),
-        (ErrorClass::Conflict, "session_closed")
+        (ErrorClass::Unavailable, "session_evicted")
     );
-    assert_eq!(w.ledger.records.len(), 2, "the runs still reach the ledger");
-    w.command(
-        watcher,
-        ClientCommand::Ack {
-            seq: w.store.last_seq(),
-        },
-    )
-    .unwrap();
+    assert_eq!(w.session.poll_deadline(), None, "an evicted machine arms no timer");
+    // The shell drops the actor; the next request rebuilds it from the last durable state.
+    w.crash_and_restore();
+    assert_eq!(w.session.last_seq(), durable_before);
+    assert_eq!(w.session.queue_len() + usize::from(w.session.status() == SessionStatus::Running), 2, "both runs are still there");
+    queued(w.prompt("r3", "after the store healed"));
 }
 
 #[test]

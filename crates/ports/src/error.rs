@@ -109,6 +109,7 @@ mod tests {
             assert_eq!(e.class(), c);
             assert_eq!(e.message(), "m");
             assert!(e.to_string().starts_with("demo: "));
+            assert_eq!(e.to_failure().class, c);
         }
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! | effect | carried out |
 //! |---|---|
-//! | `Persist` | inline: `SessionStore::commit`, tried up to [`PERSIST_ATTEMPTS`] times on transient errors. A final failure feeds `StoreFailed`; no later commit of this runtime is attempted, every client is dropped, and the calling request fails. |
+//! | `Persist` | inline: `SessionStore::commit`, tried up to [`PERSIST_ATTEMPTS`] times on transient errors. A final failure feeds `StoreFailed` (the machine answers `Evict`); no later commit of this runtime is attempted, and the calling request fails with the store's class. |
 //! | `Deliver`, `Resend` | inline, into the clients' bounded outboxes. An event goes out only once it is durable. A client whose outbox is full is dropped (channel closed, `ClientDetached` fed): a slow client never stalls the session. |
 //! | `Replay` | deferred: pages `SessionStore::events` into the client's outbox, waiting for that client to read; live frames for it are held until the replay is through. |
 //! | `AcceptSandbox`, `RejectSandbox`, `CloseSandbox` | inline: mark the sandbox outbox accepted, or close it. |
@@ -29,6 +29,7 @@
 //! | `RecordRun` | deferred: `RunLedger::record` → `RunRecorded`. |
 //! | `Publish`, `Audit` | inline, best effort: `EventBus::publish`, `AuditLog::append`; a failure is counted ([`SessionRuntime::best_effort_failures`]), never fed back. |
 //! | `Hibernate` | a flag: [`SessionRuntime::is_hibernating`]. |
+//! | `Evict` | inline: drop every client and close the sandbox socket, then the hibernation flag: the host drops the runtime and the next request rebuilds it from the store. |
 //!
 //! Inputs the shell itself owes the machine while carrying out effects (`SandboxTokenIssued`,
 //! `StoreFailed`, `ClientDetached`, `SandboxDisconnected`) are fed after the effects already queued,
@@ -59,7 +60,7 @@ use switchboard_core::session::{
     Accepted, ClientCommand, Commit, Effect, Input, PortFailure, Rejection, Session, SessionConfig,
     SessionInfo, SessionInit,
 };
-use switchboard_core::tenancy::{Attribution, SessionKey, TenantContext};
+use switchboard_core::tenancy::{Attribution, SessionKey};
 use switchboard_core::{ConnId, ErrorClass, ModelRef, RunId, Timestamp};
 
 /// Tries of one commit before the store counts as failed (transient errors only, back to back:
@@ -665,6 +666,19 @@ impl SessionRuntime {
                 }
             }
             Effect::Hibernate => self.hibernating = true,
+            Effect::Evict { .. } => {
+                // Nothing shown from now on could be durable: clients (already sent the machine's
+                // `error` frame) reconnect and resume from what the store holds; the sandbox
+                // re-dials and re-sends what was not ACKed. The host drops this runtime.
+                let conns: Vec<ConnId> = self.clients.keys().copied().collect();
+                for conn in conns {
+                    self.drop_client(conn);
+                }
+                for (_, mut outbox) in std::mem::take(&mut self.sandboxes) {
+                    outbox.tx.close_channel();
+                }
+                self.hibernating = true;
+            }
         }
     }
 
@@ -689,13 +703,8 @@ impl SessionRuntime {
                 let failure = e.to_failure();
                 self.store_failure = Some(failure.clone());
                 self.call_lost_commit = true;
+                // The machine answers with `Evict`, which drops every client and the sandbox.
                 self.owed.push_back(Input::StoreFailed { failure });
-                // Nothing they could be shown from now on would be durable: they reconnect and
-                // resume from what the store holds.
-                let conns: Vec<ConnId> = self.clients.keys().copied().collect();
-                for conn in conns {
-                    self.drop_client(conn);
-                }
             }
         }
     }

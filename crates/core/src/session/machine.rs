@@ -64,6 +64,8 @@ pub(super) struct Live {
     /// Statuses last published on the org event bus.
     pub published: Option<(SessionStatus, SandboxStatus)>,
     pub step: Step,
+    /// The store failed and `Evict` went out: this machine takes no more input.
+    pub evicted: Option<PortFailure>,
 }
 
 /// A run record waiting for the ledger.
@@ -156,6 +158,7 @@ impl Session {
                 persisted_snapshot: serde_json::Value::Null,
                 published: None,
                 step: Step::default(),
+                evicted: None,
             },
             effects: VecDeque::new(),
         }
@@ -239,6 +242,7 @@ impl Session {
                 persisted_snapshot: persisted.snapshot.0,
                 published,
                 step: Step::default(),
+                evicted: None,
             },
             effects: VecDeque::new(),
         };
@@ -267,6 +271,13 @@ impl Session {
     /// Feeds one input. Effects are queued for [`Session::poll_effect`]; a rejection changes
     /// nothing and queues nothing.
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<Accepted, Rejection> {
+        if let Some(failure) = &self.live.evicted {
+            return Err(Rejection {
+                class: ErrorClass::Unavailable,
+                code: "session_evicted",
+                message: format!("the session is being rebuilt after a store failure: {}", failure.message),
+            });
+        }
         let result = self.apply(now, input);
         match &result {
             Ok(_) => self.finish_step(now),
@@ -284,6 +295,9 @@ impl Session {
 
     /// The earliest time at which `handle(now, Input::Tick)` has something to do.
     pub fn poll_deadline(&self) -> Option<Timestamp> {
+        if self.live.evicted.is_some() {
+            return None;
+        }
         let config = &self.config;
         let mut deadlines: Vec<Timestamp> = Vec::new();
         match self.state.sandbox.link {
@@ -454,6 +468,12 @@ impl Session {
     /// Ends a `handle` call: reconcile, re-arm timers, then queue one `Persist` (events, snapshot
     /// if the state changed, outbox changes) followed by every other effect of the call.
     fn finish_step(&mut self, now: Timestamp) {
+        if self.live.evicted.is_some() {
+            // Nothing more is decided or written: only the eviction's own effects go out.
+            let step = std::mem::take(&mut self.live.step);
+            self.effects.extend(step.effects);
+            return;
+        }
         self.reconcile(now);
         self.rearm_timers(now);
 
@@ -606,26 +626,27 @@ impl Session {
         self.announce_status(now);
     }
 
-    /// The store cannot persist: fail closed. The events below may never become durable; they
-    /// are emitted so that attached clients and the ledger still learn how things ended.
-    fn store_failed(&mut self, now: Timestamp, failure: PortFailure) {
-        if matches!(self.state.phase, Phase::Closed | Phase::Failed) {
-            return;
+    /// The store cannot persist: fail closed, as a crash would. Nothing more is written (no error
+    /// event, no ledger record: they could not be durable, and a record of an outcome the store
+    /// never saw would contradict the session rebuilt from it). Clients are told with an
+    /// unsequenced `error` frame, the sandbox socket is closed (the bridge re-dials and re-sends
+    /// what was not ACKed), and the shell drops the actor.
+    fn store_failed(&mut self, _now: Timestamp, failure: PortFailure) {
+        let clients: Vec<ConnId> = self.live.clients.keys().copied().collect();
+        if !clients.is_empty() {
+            self.effect(Effect::Deliver {
+                to: clients,
+                frame: ServerFrame::Control(ControlFrame::Error {
+                    code: "store_unavailable".into(),
+                    message: format!("the session store is unavailable ({}); reconnect to resume", failure.message),
+                }),
+            });
         }
-        self.state.phase = Phase::Failed;
-        let message = format!("the session store is unavailable: {}", failure.message);
-        self.emit(
-            now,
-            None,
-            Event::Error {
-                code: "store_unavailable".into(),
-                message: message.clone(),
-            },
-        );
-        let error = crate::protocol::events::ErrorBody::new("store_unavailable", message);
-        self.end_all_runs(now, TerminalStatus::Failed, Some(error));
-        self.shut_down_sandbox(now, "session_failed");
-        self.announce_status(now);
+        if let Link::Connected { conn } = self.state.sandbox.link {
+            self.effect(Effect::CloseSandbox { conn });
+        }
+        self.effect(Effect::Evict { reason: failure.clone() });
+        self.live.evicted = Some(failure);
     }
 
     // ----- clients ---------------------------------------------------------------------------

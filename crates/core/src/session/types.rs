@@ -170,7 +170,8 @@ pub enum Input {
     DispatchResult { run_id: RunId, result: Result<Option<Price>, PortFailure> },
     /// The run ledger answered a flush.
     RunRecorded { run_id: RunId, result: Result<(), PortFailure> },
-    /// The session store could not persist a commit after the shell's retries.
+    /// The session store could not persist a commit after the shell's retries. The machine
+    /// answers with `Evict` and refuses every later input (`Unavailable`).
     StoreFailed { failure: PortFailure },
     /// Time passed `poll_deadline()`.
     Tick,
@@ -206,6 +207,10 @@ pub enum Effect {
     Audit(AuditEntry),
     /// Nothing is live: the shell may drop the actor; it will be rebuilt from the store.
     Hibernate,
+    /// The session cannot go on from memory (its store failed): close every socket and drop the
+    /// actor now, writing nothing. The next request rebuilds it from the store's last durable
+    /// state, exactly as after a process crash; nothing unpersisted was ever acknowledged or shown.
+    Evict { reason: PortFailure },
 }
 
 /// What the provider needs besides the token and callback URL, which the shell adds.

@@ -306,6 +306,8 @@ pub struct World {
     pub trace: Vec<String>,
     pub effects: Vec<(Timestamp, Effect)>,
     pub hibernations: usize,
+    /// `Evict` effects seen (the store failed; the shell would drop the actor).
+    pub evictions: usize,
     /// Every numbered message any box produced, as (spawn, n, message): re-sends not included.
     pub sandbox_log: Vec<(u32, u64, SandboxMessage)>,
     pub audits: Vec<switchboard_core::audit::AuditEntry>,
@@ -333,6 +335,7 @@ impl World {
             trace: Vec::new(),
             effects: Vec::new(),
             hibernations: 0,
+            evictions: 0,
             sandbox_log: Vec::new(),
             audits: Vec::new(),
             published: Vec::new(),
@@ -671,6 +674,7 @@ impl World {
             Effect::Publish(event) => self.published.push(event),
             Effect::Audit(entry) => self.audits.push(entry),
             Effect::Hibernate => self.hibernations += 1,
+            Effect::Evict { .. } => self.evictions += 1,
         }
     }
 
@@ -1228,6 +1232,7 @@ pub fn describe_effect(effect: &Effect) -> String {
             status_name(&entry.outcome)
         ),
         Effect::Hibernate => "hibernate".into(),
+        Effect::Evict { reason } => format!("evict: {}", reason.message),
     }
 }
 
