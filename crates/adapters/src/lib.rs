@@ -13,5 +13,7 @@ pub mod jsonl_audit;
 pub mod local_host;
 #[cfg(feature = "price-table")]
 pub mod price_table;
+#[cfg(feature = "sql")]
+pub mod sql;
 #[cfg(feature = "system-clock")]
 pub mod system_clock;

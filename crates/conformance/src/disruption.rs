@@ -33,5 +33,7 @@ pub fn cases() -> Vec<DisruptionCase> {
     out.extend(run_ledger::disruptions());
     out.extend(event_bus::disruptions());
     out.extend(audit_log::disruptions());
+    out.extend(session_host::disruptions());
+    out.extend(crate::lifecycle::cases());
     out
 }

@@ -26,6 +26,7 @@
 pub mod disruption;
 pub mod fault;
 pub mod harness;
+pub mod lifecycle;
 pub mod ports;
 pub mod registry;
 pub mod tripwire;

@@ -1,0 +1,2 @@
+-- 0001_identity schema (postgres): filled in by its adapter.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- 0002_vault schema (postgres): filled in by its adapter.
+SELECT 1;

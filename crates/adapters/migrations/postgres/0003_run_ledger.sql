@@ -1,0 +1,2 @@
+-- 0003_run_ledger schema (postgres): filled in by its adapter.
+SELECT 1;

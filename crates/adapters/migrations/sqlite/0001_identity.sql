@@ -1,0 +1,2 @@
+-- 0001_identity schema (sqlite): filled in by its adapter.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- 0002_vault schema (sqlite): filled in by its adapter.
+SELECT 1;

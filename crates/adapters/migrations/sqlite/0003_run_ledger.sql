@@ -1,0 +1,2 @@
+-- 0003_run_ledger schema (sqlite): filled in by its adapter.
+SELECT 1;

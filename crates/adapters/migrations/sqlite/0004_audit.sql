@@ -1,0 +1,2 @@
+-- 0004_audit schema (sqlite): filled in by its adapter.
+SELECT 1;
