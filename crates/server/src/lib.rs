@@ -5,6 +5,7 @@
 //! authenticates, checks scopes, mints ids and maps errors; sessions are the core's business.
 
 pub mod app;
+pub mod db;
 pub mod journey;
 pub mod mint;
 pub mod scripted;

@@ -1,6 +1,6 @@
 //! The `switchboard` binary: `demo` runs the whole session lifecycle in-process and prints it;
-//! `ports` prints the registry of ports. (`serve`, `migrate`, `admin` and `doctor` arrive with the
-//! server issue.)
+//! `ports` prints the registry of ports; `migrate` applies the schema. (`serve`, `admin` and
+//! `doctor` arrive with the server issue.)
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -27,6 +27,14 @@ enum Command {
     Demo,
     /// List the fifteen ports by plane.
     Ports,
+    /// Apply the database schema migrations (idempotent). Postgres when `DATABASE_URL` is set,
+    /// else the embedded SQLite database under `--data-dir`. A schema newer than this binary is
+    /// refused.
+    Migrate {
+        /// Where the embedded default keeps its data.
+        #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 fn print_frame(frame: &ServerFrame) {
@@ -67,5 +75,15 @@ fn main() {
             }
         }
         Command::Ports => ports(),
+        Command::Migrate { data_dir } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            match rt.block_on(switchboard_server::db::migrate(&data_dir, std::env::var("DATABASE_URL").ok().as_deref())) {
+                Ok(done) => println!("{done}"),
+                Err(e) => {
+                    eprintln!("switchboard migrate: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
     }
 }
