@@ -11,9 +11,12 @@ pub mod fs_artifacts;
 pub mod jsonl_audit;
 #[cfg(feature = "tokio-host")]
 pub mod local_host;
+#[cfg(feature = "sql")]
+pub mod password;
 #[cfg(feature = "price-table")]
 pub mod price_table;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod store_auth;
 #[cfg(feature = "system-clock")]
 pub mod system_clock;

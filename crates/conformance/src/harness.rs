@@ -107,10 +107,11 @@ impl Trial {
 /// The longest a single case may take before it counts as failed (a hang is a failure).
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs a future to completion on a fresh current-thread runtime with time enabled.
+/// Runs a future to completion on a fresh current-thread runtime with time and IO enabled (the
+/// database adapters need the IO driver).
 pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .expect("a current-thread tokio runtime")
         .block_on(fut)

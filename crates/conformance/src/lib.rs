@@ -14,7 +14,7 @@
 //!
 //! let report = run_ledger::check("my_ledger", || async {
 //!     // Connect to a fresh database or schema here; every case gets its own fixture.
-//!     Ok(run_ledger::Fixture { ledger: Arc::new(InMemoryRunLedger::new()) })
+//!     Ok(run_ledger::Fixture { ledger: Arc::new(InMemoryRunLedger::new()), scratch: None })
 //! });
 //! report.assert_all_passed();
 //! assert!(report.passed() >= 5);

@@ -78,11 +78,6 @@ pub struct Waiver {
 
 /// Every exception to "each port ships a full bundle". This table must shrink to empty.
 pub const WAIVERS: &[Waiver] = &[
-    Waiver { port: PortId::IdentityStore, part: Part::RealAdapter, reason: "SQLite and Postgres identity stores", issue: 3 },
-    Waiver { port: PortId::Authenticator, part: Part::RealAdapter, reason: "store-backed authenticator (API key + login token)", issue: 3 },
-    Waiver { port: PortId::SecretVault, part: Part::RealAdapter, reason: "AES-256-GCM vault on SQLite and Postgres", issue: 3 },
-    Waiver { port: PortId::SessionStore, part: Part::RealAdapter, reason: "one SQLite database per session (WAL)", issue: 3 },
-    Waiver { port: PortId::RunLedger, part: Part::RealAdapter, reason: "Postgres and SQLite run ledgers", issue: 3 },
     Waiver { port: PortId::SandboxProvider, part: Part::RealAdapter, reason: "local-process sandbox provider", issue: 5 },
     Waiver { port: PortId::AgentDriver, part: Part::RealAdapter, reason: "ACP agent driver over stdio", issue: 5 },
     Waiver { port: PortId::ModelGateway, part: Part::RealAdapter, reason: "direct BYOK model gateway", issue: 5 },

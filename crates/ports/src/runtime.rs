@@ -552,7 +552,14 @@ impl SessionRuntime {
     async fn carry_out_effects(&mut self) {
         loop {
             while let Some(effect) = self.machine.poll_effect() {
+                let failed_before = self.store_failure.is_some();
                 self.carry_out(effect).await;
+                if !failed_before && self.store_failure.is_some() {
+                    // The step's commit is not durable, so nothing else of that step may take
+                    // effect: no ACK to the sandbox, no dispatch, no ledger record, no delivery.
+                    // Only the machine's answer to `StoreFailed` (owed next) goes out.
+                    while self.machine.poll_effect().is_some() {}
+                }
             }
             let Some(input) = self.owed.pop_front() else {
                 break;

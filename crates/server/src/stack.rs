@@ -8,9 +8,9 @@
 use crate::app::App;
 use std::sync::Arc;
 use switchboard_adapters::local_host::{LocalSessionHost, OsMinter};
+use switchboard_adapters::store_auth::StoreAuthenticator;
 use switchboard_core::session::SessionConfig;
 use switchboard_fakes::audit_log::InMemoryAuditLog;
-use switchboard_fakes::authenticator::InMemoryAuthenticator;
 use switchboard_fakes::event_bus::InMemoryEventBus;
 use switchboard_fakes::identity_store::InMemoryIdentityStore;
 use switchboard_fakes::model_gateway::InMemoryModelGateway;
@@ -63,7 +63,7 @@ impl InMemoryStack {
         let host = Arc::new(LocalSessionHost::new(ports));
         let app = App {
             identity: identity.clone(),
-            authenticator: Arc::new(InMemoryAuthenticator::new(identity, clock_port.clone())),
+            authenticator: Arc::new(StoreAuthenticator::new(identity, clock_port.clone())),
             vault,
             host: host.clone(),
             ledger: ledger.clone(),

@@ -14,6 +14,8 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use switchboard_adapters::sql::scratch::ScratchDir;
+use switchboard_adapters::sql::session_store::SqliteSessionStore;
 use switchboard_core::crypto::TokenHash;
 use switchboard_core::protocol::{Event, EventEnvelope, SandboxMessage, TerminalStatus, Usage};
 use switchboard_core::run::RunRecord;
@@ -31,6 +33,8 @@ use switchboard_ports::{PortId, SessionStore, SessionStoreError};
 /// What every `SessionStore` case gets: a store with nothing in it for the case's (unique) orgs.
 pub struct Fixture {
     pub store: Arc<dyn SessionStore>,
+    /// Keeps a real adapter's scratch storage alive for the whole case (`None` for the fake).
+    pub scratch: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Every contract case of `SessionStore`, one per `# Contract` bullet.
@@ -759,13 +763,25 @@ async fn list_is_tenant_scoped(f: Fixture) -> CaseResult {
 
 // ----- implementations, faults, entry points -------------------------------------------------
 
-/// The fake and every real `SessionStore` (SQLite arrives with its own issue).
+/// The fake and every real `SessionStore`: SQLite, one database per session under a scratch
+/// data directory of the case's own.
 pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
-        Ok(Fixture {
-            store: Arc::new(InMemorySessionStore::new()),
-        })
-    })]
+    vec![
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            Ok(Fixture {
+                store: Arc::new(InMemorySessionStore::new()),
+                scratch: None,
+            })
+        }),
+        Implementation::new("sqlite", ImplKind::Adapter, || async {
+            let dir = ScratchDir::create("sb-session-store")?;
+            let store = SqliteSessionStore::open(dir.path()).map_err(|e| e.to_string())?;
+            Ok(Fixture {
+                store: Arc::new(store),
+                scratch: Some(Arc::new(dir)),
+            })
+        }),
+    ]
 }
 
 /// What the session promises when its store fails.
@@ -773,7 +789,7 @@ pub const CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         fault: Fault::Unavailable,
         op: "commit",
-        outcome: "no event of the failed commit reaches any client; the shell retries and, if the store stays down, the machine is told `StoreFailed` and the session fails closed instead of acknowledging unpersisted work",
+        outcome: "no event of the failed commit reaches any client or the sandbox; the shell retries and, if the store stays down, the machine is told `StoreFailed` and evicts the actor (clients get a `store_unavailable` error frame, the sandbox socket closes) instead of acknowledging unpersisted work, and the next request rebuilds the session from its last durable state",
     },
     CatalogEntry {
         fault: Fault::Timeout,
@@ -908,6 +924,7 @@ mod tests {
         let report = check("leaky", || async {
             Ok(Fixture {
                 store: Arc::new(LeakyStore(InMemorySessionStore::new())),
+                scratch: None,
             })
         });
         let failed: BTreeSet<&str> = report.failures().iter().map(|(name, _)| *name).collect();

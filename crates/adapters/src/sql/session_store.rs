@@ -1,0 +1,805 @@
+//! `SqliteSessionStore`: the real `SessionStore`, one SQLite database (WAL) per session under a
+//! data directory, `<data_dir>/sessions/<org>/<session>.db`.
+//!
+//! Each database holds the session's event log, its machine snapshot and its run-ledger outbox
+//! (schema: `migrations/session/0001_session.sql`, applied when a file is opened, versioned by
+//! `PRAGMA user_version`; a file of a newer schema is refused). A file is created by the first
+//! commit that the store accepts; a session exists for `load` and `list` once a snapshot landed.
+//!
+//! Writes: one commit is one `BEGIN IMMEDIATE` transaction: the seq check against `MAX(seq)`, the
+//! events as multi-row `INSERT`s of up to [`EVENTS_PER_INSERT`] rows (one statement, prepared once
+//! per connection), the snapshot upsert and the outbox removals then puts. Everything is encoded
+//! before the transaction starts, so the write lock is held only for SQL. A commit that fails
+//! rolls back whole; the connection it used is closed rather than returned to the pool, because
+//! SQLite may already have rolled the transaction back on its own (disk full, I/O error) and the
+//! driver would no longer know the connection's transaction state.
+//!
+//! Durability: `synchronous = FULL`. The machine shows a committed event to clients right after
+//! `commit` returns, so a commit must survive an OS crash or power loss as well as a process crash;
+//! otherwise a seq a client already saw could be reused after a restart.
+//!
+//! Open files: pools are kept in a small LRU cache ([`SqliteSessionStoreOptions::open_sessions`],
+//! 128 by default) of at most [`CONNECTIONS_PER_SESSION`] connections each (SQLite keeps three
+//! descriptors per connection in WAL mode: the database, the `-wal` and the `-shm` files; the
+//! second connection only opens when a read overlaps a write, and idle connections close after
+//! [`IDLE_CONNECTION_TIMEOUT`]). The least recently used pool that no call is using is closed
+//! when a new session's pool would exceed the limit, so ten thousand sessions never hold ten
+//! thousand open files; a pool in use is never closed under its caller (the cache may then exceed
+//! the limit until those calls finish). The call that evicts a pool waits for it to close, which
+//! includes SQLite's WAL checkpoint of that file; the cache lookup itself is a scan of at most
+//! `open_sessions` entries under a mutex never held across an await. `list` checks each of the
+//! org's files for a snapshot on a connection of its own, outside the cache.
+
+use crate::sql::to_port;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Sqlite, SqlitePool};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_core::protocol::EventEnvelope;
+use switchboard_core::run::RunRecord;
+use switchboard_core::session::{Commit, Persisted, Session, SessionSnapshot};
+use switchboard_core::tenancy::SessionKey;
+use switchboard_core::{OrgId, SessionId};
+use switchboard_ports::{SessionStore, SessionStoreError};
+use tokio::sync::OnceCell;
+
+/// The schema migrations of a session database, `(version, sql)` in order. The database's
+/// `PRAGMA user_version` is the last version applied.
+const SCHEMA: &[(i64, &str)] = &[(1, include_str!("../../migrations/session/0001_session.sql"))];
+
+/// The schema version this binary writes (the last of [`SCHEMA`]).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Connections of one session's pool: one writer and one reader (a replay need not wait for a
+/// commit in WAL mode).
+pub const CONNECTIONS_PER_SESSION: u32 = 2;
+
+/// An idle connection of a cached pool is closed after this.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a call waits for a connection of a session's pool, and for SQLite's write lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Events per multi-row `INSERT` (six bound values each, well under SQLite's variable limit).
+pub const EVENTS_PER_INSERT: usize = 128;
+
+/// How a [`SqliteSessionStore`] opens its databases.
+#[derive(Debug, Clone)]
+pub struct SqliteSessionStoreOptions {
+    /// How many sessions keep an open pool (least recently used ones are closed first).
+    pub open_sessions: usize,
+    /// Open every database read-only: loads and replays work, every commit fails `Unavailable`
+    /// (for inspecting a data directory without touching it).
+    pub read_only: bool,
+    /// Extra `PRAGMA`s run on every new connection, e.g. `("max_page_count", "1000")` to cap the
+    /// size of each database (a commit that would outgrow it fails `Unavailable`, writing nothing).
+    pub pragmas: Vec<(String, String)>,
+}
+
+impl Default for SqliteSessionStoreOptions {
+    fn default() -> Self {
+        SqliteSessionStoreOptions {
+            open_sessions: 128,
+            read_only: false,
+            pragmas: Vec::new(),
+        }
+    }
+}
+
+/// A [`SessionStore`] keeping one SQLite database per session under `<data_dir>/sessions`.
+pub struct SqliteSessionStore {
+    root: PathBuf,
+    options: SqliteSessionStoreOptions,
+    cache: Mutex<PoolCache>,
+}
+
+/// One session's pool, opened on first use. Callers hold the `Arc` while they use the pool, which
+/// is how the cache knows not to close it under them.
+#[derive(Default)]
+struct Slot {
+    pool: OnceCell<SqlitePool>,
+}
+
+#[derive(Default)]
+struct PoolCache {
+    /// Database path → its slot and when it was last used (a tick of `clock`).
+    slots: HashMap<PathBuf, (Arc<Slot>, u64)>,
+    clock: u64,
+}
+
+/// A cached pool, held for the duration of one call.
+struct Lease {
+    _slot: Arc<Slot>,
+    pool: SqlitePool,
+}
+
+/// Why a database operation failed: a refusal of the store (already classified) or the driver.
+enum Failure {
+    Port(SessionStoreError),
+    Sql(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(e: sqlx::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+/// One event as its row is written.
+struct EventRow {
+    seq: i64,
+    run_id: Option<String>,
+    kind: String,
+    at: i64,
+    critical: bool,
+    json: String,
+}
+
+/// A commit encoded for SQL, before its transaction starts.
+struct EncodedCommit {
+    events: Vec<EventRow>,
+    snapshot: Option<String>,
+    outbox_put: Vec<(String, String)>,
+    outbox_remove: Vec<String>,
+}
+
+static PROBE: AtomicU64 = AtomicU64::new(0);
+
+impl SqliteSessionStore {
+    /// Opens the store under `data_dir` with the default options, creating `<data_dir>/sessions`.
+    /// A data directory that cannot be created or written is `Unavailable`.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, SessionStoreError> {
+        Self::open_with(data_dir, SqliteSessionStoreOptions::default())
+    }
+
+    /// Opens the store under `data_dir`. Unless `read_only`, the sessions directory is created
+    /// (mode 0700) and checked to be writable, so a bad data directory fails here, not at the
+    /// first commit.
+    pub fn open_with(
+        data_dir: impl AsRef<Path>,
+        options: SqliteSessionStoreOptions,
+    ) -> Result<Self, SessionStoreError> {
+        let root = data_dir.as_ref().join("sessions");
+        if !options.read_only {
+            let unavailable = |what: &str, e: std::io::Error| {
+                SessionStoreError::Unavailable(format!(
+                    "session data directory {}: {what}: {e}",
+                    root.display()
+                ))
+            };
+            create_private_dir_all(&root).map_err(|e| unavailable("cannot create it", e))?;
+            let probe = root.join(format!(
+                ".write-probe-{}-{}",
+                std::process::id(),
+                PROBE.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&probe, b"probe").map_err(|e| unavailable("cannot write in it", e))?;
+            std::fs::remove_file(&probe).map_err(|e| unavailable("cannot write in it", e))?;
+        }
+        Ok(SqliteSessionStore {
+            root,
+            options: SqliteSessionStoreOptions {
+                open_sessions: options.open_sessions.max(1),
+                ..options
+            },
+            cache: Mutex::new(PoolCache::default()),
+        })
+    }
+
+    /// Where the databases live: `<data_dir>/sessions`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The database file of `key` (it exists once a commit was accepted).
+    pub fn database_path(&self, key: &SessionKey) -> Result<PathBuf, SessionStoreError> {
+        Ok(self.org_dir(key.org())?.join(format!(
+            "{}.db",
+            path_component("session", key.session().as_str())?
+        )))
+    }
+
+    /// How many sessions are in the pool cache right now (each holds at most one open pool).
+    pub fn open_pools(&self) -> usize {
+        self.cache.lock().unwrap().slots.len()
+    }
+
+    /// Closes every open pool, waiting for calls in progress to return their connections. A
+    /// later call opens its session again.
+    pub async fn close(&self) {
+        let slots: Vec<Arc<Slot>> = {
+            let mut cache = self.cache.lock().unwrap();
+            cache.slots.drain().map(|(_, (slot, _))| slot).collect()
+        };
+        for slot in slots {
+            if let Some(pool) = slot.pool.get() {
+                pool.close().await;
+            }
+        }
+    }
+
+    fn org_dir(&self, org: &OrgId) -> Result<PathBuf, SessionStoreError> {
+        Ok(self.root.join(path_component("org", org.as_str())?))
+    }
+
+    fn connect_options(&self, path: &Path, create: bool) -> SqliteConnectOptions {
+        let mut options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(create && !self.options.read_only)
+            .read_only(self.options.read_only)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(LOCK_TIMEOUT);
+        for (key, value) in &self.options.pragmas {
+            options = options.pragma(key.clone(), value.clone());
+        }
+        options
+    }
+
+    /// The pool of the database at `path`, opening (and, with `create`, creating) it when it is
+    /// not cached. Opening applies the schema.
+    async fn lease(&self, path: &Path, create: bool) -> Result<Lease, SessionStoreError> {
+        let (slot, evicted) = {
+            let mut cache = self.cache.lock().unwrap();
+            cache.clock += 1;
+            let now = cache.clock;
+            let slot = match cache.slots.get_mut(path) {
+                Some((slot, used)) => {
+                    *used = now;
+                    slot.clone()
+                }
+                None => {
+                    let slot = Arc::new(Slot::default());
+                    cache.slots.insert(path.to_path_buf(), (slot.clone(), now));
+                    slot
+                }
+            };
+            let evicted = cache.evict_beyond(self.options.open_sessions);
+            (slot, evicted)
+        };
+        for pool in evicted {
+            pool.close().await;
+        }
+        let pool = slot
+            .pool
+            .get_or_try_init(|| self.open_pool(path, create))
+            .await?
+            .clone();
+        Ok(Lease { _slot: slot, pool })
+    }
+
+    /// The cached pool of `path` if one is open, without counting it as used.
+    fn cached(&self, path: &Path) -> Option<Lease> {
+        let cache = self.cache.lock().unwrap();
+        let (slot, _) = cache.slots.get(path)?;
+        let pool = slot.pool.get()?.clone();
+        Some(Lease {
+            _slot: slot.clone(),
+            pool,
+        })
+    }
+
+    async fn open_pool(&self, path: &Path, create: bool) -> Result<SqlitePool, SessionStoreError> {
+        let context = format!("opening session database {}", path.display());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(CONNECTIONS_PER_SESSION)
+            .min_connections(0)
+            .idle_timeout(IDLE_CONNECTION_TIMEOUT)
+            .acquire_timeout(LOCK_TIMEOUT)
+            .connect_with(self.connect_options(path, create))
+            .await
+            .map_err(|e| to_port::<SessionStoreError>(&context, e))?;
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| to_port::<SessionStoreError>(&context, e))?;
+        match apply_schema(&mut conn, path).await {
+            Ok(()) => Ok(pool),
+            Err(failure) => {
+                conn.close_on_drop();
+                drop(conn);
+                pool.close().await;
+                Err(failure.into_port(&context))
+            }
+        }
+    }
+
+    /// A connection of `lease`'s pool.
+    async fn acquire(
+        lease: &Lease,
+        context: &str,
+    ) -> Result<PoolConnection<Sqlite>, SessionStoreError> {
+        lease
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| to_port::<SessionStoreError>(context, e))
+    }
+
+    /// The port's answer for `result`; a connection whose operation failed in the driver is
+    /// closed instead of going back to the pool.
+    fn settle<T>(
+        mut conn: PoolConnection<Sqlite>,
+        result: Result<T, Failure>,
+        context: &str,
+    ) -> Result<T, SessionStoreError> {
+        if let Err(Failure::Sql(_)) = &result {
+            conn.close_on_drop();
+        }
+        result.map_err(|f| f.into_port(context))
+    }
+
+    /// Whether the session at `path` has a snapshot, on a cached pool or a connection of its own
+    /// (so that listing an org does not churn the cache).
+    async fn has_snapshot(&self, path: &Path) -> Result<bool, SessionStoreError> {
+        let context = format!("reading session database {}", path.display());
+        if let Some(lease) = self.cached(path) {
+            let mut conn = Self::acquire(&lease, &context).await?;
+            let result = snapshot_exists(&mut conn).await;
+            return Self::settle(conn, result, &context);
+        }
+        let mut conn = SqliteConnection::connect_with(&self.connect_options(path, false))
+            .await
+            .map_err(|e| to_port::<SessionStoreError>(&context, e))?;
+        let result = async {
+            let version = user_version(&mut conn).await?;
+            if version == 0 {
+                // A file whose first commit never finished: no schema, no snapshot.
+                return Ok(false);
+            }
+            refuse_newer(version, path)?;
+            snapshot_exists(&mut conn).await
+        }
+        .await;
+        let _ = conn.close().await;
+        result.map_err(|f| f.into_port(&context))
+    }
+}
+
+impl PoolCache {
+    /// Removes least recently used slots that no call holds until at most `limit` remain, and
+    /// returns their open pools to be closed.
+    fn evict_beyond(&mut self, limit: usize) -> Vec<SqlitePool> {
+        let mut evicted = Vec::new();
+        while self.slots.len() > limit {
+            let victim = self
+                .slots
+                .iter()
+                .filter(|(_, (slot, _))| Arc::strong_count(slot) == 1)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(path, _)| path.clone());
+            let Some(victim) = victim else { break };
+            if let Some((slot, _)) = self.slots.remove(&victim) {
+                if let Some(pool) = slot.pool.get() {
+                    evicted.push(pool.clone());
+                }
+            }
+        }
+        evicted
+    }
+}
+
+impl Failure {
+    fn into_port(self, context: &str) -> SessionStoreError {
+        match self {
+            Failure::Port(e) => e,
+            Failure::Sql(e) => to_port(context, e),
+        }
+    }
+}
+
+/// `id` as one path component: ids are `[A-Za-z0-9_.-]` already, and `.` and `..` would name a
+/// directory instead of a file of their own.
+fn path_component<'a>(kind: &str, id: &'a str) -> Result<&'a str, SessionStoreError> {
+    let safe = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if safe {
+        Ok(id)
+    } else {
+        Err(SessionStoreError::Invalid(format!(
+            "{kind} id {id:?} cannot name a session database file"
+        )))
+    }
+}
+
+fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+async fn file_exists(path: &Path) -> Result<bool, SessionStoreError> {
+    tokio::fs::try_exists(path).await.map_err(|e| {
+        SessionStoreError::Unavailable(format!("cannot look for {}: {e}", path.display()))
+    })
+}
+
+/// Checks that `commit`'s events continue a log ending at `last_seq` without a gap: a commit that
+/// does not start at `last_seq + 1` is `Conflict`, a gap inside the commit is `Invalid`.
+fn check_seqs(key: &SessionKey, last_seq: u64, commit: &Commit) -> Result<(), SessionStoreError> {
+    let Some(first) = commit.events.first() else {
+        return Ok(());
+    };
+    if first.seq != last_seq + 1 {
+        return Err(SessionStoreError::Conflict(format!(
+            "session {key}: commit starts at seq {} but the log ends at seq {last_seq}",
+            first.seq
+        )));
+    }
+    for pair in commit.events.windows(2) {
+        if pair[1].seq != pair[0].seq + 1 {
+            return Err(SessionStoreError::Invalid(format!(
+                "session {key}: commit holds seq {} after seq {}; a commit's events must be consecutive",
+                pair[1].seq, pair[0].seq
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn encode(key: &SessionKey, commit: &Commit) -> Result<EncodedCommit, SessionStoreError> {
+    let invalid = |what: &str, e: serde_json::Error| {
+        SessionStoreError::Invalid(format!("session {key}: cannot encode {what}: {e}"))
+    };
+    let mut events = Vec::with_capacity(commit.events.len());
+    for event in &commit.events {
+        let seq = i64::try_from(event.seq).map_err(|_| {
+            SessionStoreError::Invalid(format!("session {key}: seq {} is too large", event.seq))
+        })?;
+        events.push(EventRow {
+            seq,
+            run_id: event.run_id.as_ref().map(|r| r.as_str().to_string()),
+            kind: event.event.type_name().to_string(),
+            at: i64::try_from(event.at.as_millis()).unwrap_or(i64::MAX),
+            critical: event.critical,
+            json: serde_json::to_string(event).map_err(|e| invalid("an event", e))?,
+        });
+    }
+    let snapshot = match &commit.snapshot {
+        Some(s) => Some(serde_json::to_string(&s.0).map_err(|e| invalid("the snapshot", e))?),
+        None => None,
+    };
+    let mut outbox_put = Vec::with_capacity(commit.outbox_put.len());
+    for record in &commit.outbox_put {
+        let json = serde_json::to_string(record).map_err(|e| invalid("a run record", e))?;
+        outbox_put.push((record.run_id.as_str().to_string(), json));
+    }
+    Ok(EncodedCommit {
+        events,
+        snapshot,
+        outbox_put,
+        outbox_remove: commit
+            .outbox_remove
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+    })
+}
+
+fn insert_events_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO events (seq, run_id, type, at, critical, json) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?)");
+    }
+    sql
+}
+
+/// The commit's transaction. Refusals roll back explicitly; driver errors leave the rollback to
+/// the transaction's drop and the caller closes the connection.
+async fn write_commit(
+    conn: &mut SqliteConnection,
+    key: &SessionKey,
+    commit: &Commit,
+    encoded: &EncodedCommit,
+) -> Result<(), Failure> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    if let Err(refusal) = check_seqs(key, last.max(0) as u64, commit) {
+        tx.rollback().await?;
+        return Err(Failure::Port(refusal));
+    }
+    for chunk in encoded.events.chunks(EVENTS_PER_INSERT) {
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
+        for row in chunk {
+            insert = insert
+                .bind(row.seq)
+                .bind(row.run_id.clone())
+                .bind(row.kind.clone())
+                .bind(row.at)
+                .bind(row.critical)
+                .bind(row.json.clone());
+        }
+        insert.execute(&mut *tx).await?;
+    }
+    if let Some(snapshot) = &encoded.snapshot {
+        sqlx::query(
+            "INSERT INTO snapshot (id, json) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+        )
+        .bind(snapshot.clone())
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Removals first, then puts: a commit that removes and re-puts a run keeps its record.
+    for run_id in &encoded.outbox_remove {
+        sqlx::query("DELETE FROM outbox WHERE run_id = ?")
+            .bind(run_id.clone())
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (run_id, json) in &encoded.outbox_put {
+        sqlx::query(
+            "INSERT INTO outbox (run_id, json) VALUES (?, ?) \
+             ON CONFLICT (run_id) DO UPDATE SET json = excluded.json",
+        )
+        .bind(run_id.clone())
+        .bind(json.clone())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn user_version(conn: &mut SqliteConnection) -> Result<i64, Failure> {
+    Ok(sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+fn refuse_newer(version: i64, path: &Path) -> Result<(), Failure> {
+    if version > SCHEMA_VERSION {
+        return Err(Failure::Port(SessionStoreError::Conflict(format!(
+            "session database {} has schema version {version}, which this binary does not know \
+             (it knows up to {SCHEMA_VERSION}): it was written by a newer Switchboard",
+            path.display()
+        ))));
+    }
+    Ok(())
+}
+
+/// Brings the database's schema to [`SCHEMA_VERSION`] (idempotent; refuses a newer schema).
+async fn apply_schema(conn: &mut SqliteConnection, path: &Path) -> Result<(), Failure> {
+    let version = user_version(conn).await?;
+    refuse_newer(version, path)?;
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    // Another process may have migrated it while this one waited for the lock.
+    let version = user_version(&mut tx).await?;
+    refuse_newer(version, path)?;
+    for (step, sql) in SCHEMA.iter().filter(|(v, _)| *v > version) {
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+        // PRAGMA takes no bound parameters; the version is one of our constants.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {step}")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn snapshot_exists(conn: &mut SqliteConnection) -> Result<bool, Failure> {
+    Ok(
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM snapshot)")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+fn corrupt(key: &SessionKey, what: &str, e: serde_json::Error) -> Failure {
+    Failure::Port(SessionStoreError::Corrupt(format!(
+        "session {key}: stored {what} does not decode: {e}"
+    )))
+}
+
+async fn read_persisted(
+    conn: &mut SqliteConnection,
+    key: &SessionKey,
+) -> Result<Option<Persisted>, Failure> {
+    // One read transaction: the snapshot, the outbox and the events are of the same commit.
+    let mut tx = conn.begin().await?;
+    let snapshot: Option<String> = sqlx::query_scalar("SELECT json FROM snapshot WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(snapshot) = snapshot else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let snapshot =
+        SessionSnapshot(serde_json::from_str(&snapshot).map_err(|e| corrupt(key, "snapshot", e))?);
+    let outbox: Vec<String> = sqlx::query_scalar("SELECT json FROM outbox ORDER BY rowid")
+        .fetch_all(&mut *tx)
+        .await?;
+    let outbox = outbox
+        .iter()
+        .map(|json| serde_json::from_str::<RunRecord>(json))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(key, "outbox record", e))?;
+    let active_run_events = match Session::active_run_first_seq(&snapshot) {
+        Some((run_id, first_seq)) => {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT json FROM events WHERE seq >= ? AND run_id = ? ORDER BY seq",
+            )
+            .bind(i64::try_from(first_seq).unwrap_or(i64::MAX))
+            .bind(run_id.as_str().to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            decode_events(key, &rows)?
+        }
+        None => Vec::new(),
+    };
+    tx.commit().await?;
+    Ok(Some(Persisted {
+        snapshot,
+        outbox,
+        active_run_events,
+    }))
+}
+
+async fn read_events(
+    conn: &mut SqliteConnection,
+    key: &SessionKey,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventEnvelope>, Failure> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT json FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+    decode_events(key, &rows)
+}
+
+fn decode_events(key: &SessionKey, rows: &[String]) -> Result<Vec<EventEnvelope>, Failure> {
+    rows.iter()
+        .map(|json| serde_json::from_str::<EventEnvelope>(json))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(key, "event", e))
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SqliteSessionStore {
+    async fn commit(&self, key: &SessionKey, commit: &Commit) -> Result<(), SessionStoreError> {
+        let path = self.database_path(key)?;
+        if commit.is_empty() {
+            return Ok(());
+        }
+        let encoded = encode(key, commit)?;
+        if !file_exists(&path).await? {
+            // A refused first commit creates no file.
+            check_seqs(key, 0, commit)?;
+            if !self.options.read_only {
+                let org_dir = self.org_dir(key.org())?;
+                create_private_dir_all(&org_dir).map_err(|e| {
+                    SessionStoreError::Unavailable(format!(
+                        "cannot create {}: {e}",
+                        org_dir.display()
+                    ))
+                })?;
+            }
+        }
+        let lease = self.lease(&path, true).await?;
+        let context = format!("session {key}: commit");
+        let mut conn = Self::acquire(&lease, &context).await?;
+        let result = write_commit(&mut conn, key, commit, &encoded).await;
+        Self::settle(conn, result, &context)
+    }
+
+    async fn load(&self, key: &SessionKey) -> Result<Option<Persisted>, SessionStoreError> {
+        let path = self.database_path(key)?;
+        if !file_exists(&path).await? {
+            return Ok(None);
+        }
+        let lease = self.lease(&path, false).await?;
+        let context = format!("session {key}: load");
+        let mut conn = Self::acquire(&lease, &context).await?;
+        let result = read_persisted(&mut conn, key).await;
+        Self::settle(conn, result, &context)
+    }
+
+    async fn events(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, SessionStoreError> {
+        let path = self.database_path(key)?;
+        let Ok(after) = i64::try_from(after) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 || !file_exists(&path).await? {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease = self.lease(&path, false).await?;
+        let context = format!("session {key}: events after {after}");
+        let mut conn = Self::acquire(&lease, &context).await?;
+        let result = read_events(&mut conn, key, after, limit).await;
+        Self::settle(conn, result, &context)
+    }
+
+    async fn list(&self, org: &OrgId) -> Result<Vec<SessionId>, SessionStoreError> {
+        let dir = self.org_dir(org)?;
+        let unavailable = |e: std::io::Error| {
+            SessionStoreError::Unavailable(format!("cannot list {}: {e}", dir.display()))
+        };
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut candidates = Vec::new();
+        while let Some(entry) = entries.next_entry().await.map_err(unavailable)? {
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".db")) else {
+                continue;
+            };
+            let Ok(session) = SessionId::parse(stem) else {
+                continue;
+            };
+            if path_component("session", session.as_str()).is_err() {
+                continue;
+            }
+            if entry.file_type().await.map_err(unavailable)?.is_file() {
+                candidates.push((session, entry.path()));
+            }
+        }
+        candidates.sort();
+        let mut sessions = Vec::with_capacity(candidates.len());
+        for (session, path) in candidates {
+            if self.has_snapshot(&path).await? {
+                sessions.push(session);
+            }
+        }
+        Ok(sessions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_ids_cannot_name_a_file() {
+        for id in [".", "..", "", "a/b"] {
+            assert!(matches!(
+                path_component("session", id),
+                Err(SessionStoreError::Invalid(_))
+            ));
+        }
+        assert_eq!(path_component("session", "s-1.x_y").unwrap(), "s-1.x_y");
+    }
+
+    #[test]
+    fn the_event_insert_binds_six_values_a_row() {
+        let sql = insert_events_sql(3);
+        assert_eq!(sql.matches('?').count(), 18);
+        assert!(sql.ends_with("(?, ?, ?, ?, ?, ?)"));
+    }
+
+    #[test]
+    fn the_schema_version_is_the_last_migration() {
+        assert_eq!(SCHEMA.last().map(|s| s.0), Some(SCHEMA_VERSION));
+    }
+}
