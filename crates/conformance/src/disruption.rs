@@ -4,7 +4,8 @@
 //! price book, ledger, bus, audit) are disrupted in `lifecycle.rs`, through the session runtime;
 //! the others (identity, vault, repo host, artifacts, agent driver) in their own port modules.
 
-use crate::harness::Outcome;
+use crate::fault::CatalogEntry;
+use crate::harness::{self, BoxFut, CaseResult, Outcome, CASE_TIMEOUT};
 use switchboard_ports::PortId;
 
 /// One disruption case: a catalogued fault of one port, injected into a flow.
@@ -13,6 +14,29 @@ pub struct DisruptionCase {
     /// The catalog entry's `fault@op` name.
     pub entry: String,
     pub run: Box<dyn FnOnce() -> Outcome + Send>,
+}
+
+/// One disruption case per catalog entry, each running `flow(entry)` on its own runtime with the
+/// case time limit; a panic or a hang is a failure.
+pub fn per_entry(port: PortId, catalog: &[CatalogEntry], flow: fn(CatalogEntry) -> BoxFut<'static, CaseResult>) -> Vec<DisruptionCase> {
+    catalog
+        .iter()
+        .map(|&entry| DisruptionCase {
+            port,
+            entry: entry.name(),
+            run: Box::new(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    harness::block_on(async move { tokio::time::timeout(CASE_TIMEOUT, flow(entry)).await })
+                }));
+                match ran {
+                    Ok(Ok(Ok(()))) => Outcome::Passed,
+                    Ok(Ok(Err(message))) => Outcome::Failed(message),
+                    Ok(Err(_)) => Outcome::Failed(format!("disruption did not finish within {CASE_TIMEOUT:?}")),
+                    Err(panic) => Outcome::Failed(harness::panic_message(&panic)),
+                }
+            }),
+        })
+        .collect()
 }
 
 /// Every disruption case.

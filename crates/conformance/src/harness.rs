@@ -153,6 +153,16 @@ pub fn trials<F: Send + 'static>(port: PortId, implementation: &Implementation<F
         .collect()
 }
 
+/// Runs every case of a port against an adapter author's implementation, one after another: the
+/// body of each port module's `check`.
+pub fn check<F, Fut>(port: PortId, name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'static, cases: &[Case<F>]) -> Report
+where
+    F: Send + 'static,
+    Fut: Future<Output = Result<F, String>> + Send + 'static,
+{
+    Report::run(trials(port, &Implementation::new(name, ImplKind::Adapter, make), cases))
+}
+
 /// The result of running a set of trials in-process (what an adapter author gets from `check`).
 #[derive(Debug, Default)]
 pub struct Report {

@@ -27,18 +27,26 @@ struct AuditRow {
 fn wire_name<T: serde::Serialize>(value: &T) -> Result<String, AuditLogError> {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => Ok(s),
-        other => Err(AuditLogError::Invalid(format!("expected a name, got {other:?}"))),
+        other => Err(AuditLogError::Invalid(format!(
+            "expected a name, got {other:?}"
+        ))),
     }
 }
 
 fn from_wire_name<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, AuditLogError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| AuditLogError::Corrupt(format!("stored audit {what} {s:?}: {e}")))
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| AuditLogError::Corrupt(format!("stored audit {what} {s:?}: {e}")))
 }
 
 impl AuditRow {
     fn encode(entry: &AuditEntry) -> Result<AuditRow, AuditLogError> {
         Ok(AuditRow {
-            at: i64::try_from(entry.at.as_millis()).map_err(|_| AuditLogError::Invalid(format!("audit time {} is out of range", entry.at.as_millis())))?,
+            at: i64::try_from(entry.at.as_millis()).map_err(|_| {
+                AuditLogError::Invalid(format!(
+                    "audit time {} is out of range",
+                    entry.at.as_millis()
+                ))
+            })?,
             org_id: entry.org.as_ref().map(ToString::to_string),
             actor: entry.actor.as_ref().map(ToString::to_string),
             action: wire_name(&entry.action)?,
@@ -65,11 +73,21 @@ impl AuditRow {
     }
 
     fn decode(self) -> Result<AuditEntry, AuditLogError> {
-        let corrupt = |what: &str, e: &dyn std::fmt::Display| AuditLogError::Corrupt(format!("stored audit {what}: {e}"));
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            AuditLogError::Corrupt(format!("stored audit {what}: {e}"))
+        };
         Ok(AuditEntry {
             at: Timestamp::from_millis(u64::try_from(self.at).map_err(|e| corrupt("time", &e))?),
-            org: self.org_id.map(OrgId::parse).transpose().map_err(|e| corrupt("org", &e))?,
-            actor: self.actor.map(UserId::parse).transpose().map_err(|e| corrupt("actor", &e))?,
+            org: self
+                .org_id
+                .map(OrgId::parse)
+                .transpose()
+                .map_err(|e| corrupt("org", &e))?,
+            actor: self
+                .actor
+                .map(UserId::parse)
+                .transpose()
+                .map_err(|e| corrupt("actor", &e))?,
             action: from_wire_name::<AuditAction>(&self.action, "action")?,
             target: self.target,
             outcome: from_wire_name::<AuditOutcome>(&self.outcome, "outcome")?,
@@ -109,7 +127,11 @@ impl AuditLog for SqliteAuditLog {
         Ok(())
     }
 
-    async fn list(&self, tenant: &TenantContext, limit: usize) -> Result<Vec<AuditEntry>, AuditLogError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditLogError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -120,7 +142,9 @@ impl AuditLog for SqliteAuditLog {
             .fetch_all(&self.pool)
             .await
             .map_err(fail)?;
-        rows.iter().map(|r| AuditRow::read(r).map_err(fail)?.decode()).collect()
+        rows.iter()
+            .map(|r| AuditRow::read(r).map_err(fail)?.decode())
+            .collect()
     }
 }
 
@@ -152,7 +176,11 @@ impl AuditLog for PgAuditLog {
         Ok(())
     }
 
-    async fn list(&self, tenant: &TenantContext, limit: usize) -> Result<Vec<AuditEntry>, AuditLogError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditLogError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -163,6 +191,8 @@ impl AuditLog for PgAuditLog {
             .fetch_all(&self.pool)
             .await
             .map_err(fail)?;
-        rows.iter().map(|r| AuditRow::read(r).map_err(fail)?.decode()).collect()
+        rows.iter()
+            .map(|r| AuditRow::read(r).map_err(fail)?.decode())
+            .collect()
     }
 }

@@ -7,7 +7,7 @@
 //! payload is a small JSON [`Notice`] (well under Postgres's 8,000-byte limit for an `OrgEvent`).
 //!
 //! Subscribing: a bus holds at most one listening connection (a dedicated one-connection pool with
-//! the options of the bus's pool, so it never starves the shared pool), opened by the first
+//! the connect options and acquire timeout of the bus's pool, so it never starves the shared pool), opened by the first
 //! subscription and closed when the last one is dropped. A tokio task reads its notifications and
 //! forwards each event to the subscriptions of the event's org, each through its own unbounded
 //! queue (a slow dashboard never blocks publishers or other dashboards).
@@ -111,7 +111,10 @@ impl Hub {
                 }
             }
             Ok(Notice::Subscribed { token }) => {
-                let id = token.strip_prefix(&self.instance).and_then(|t| t.strip_prefix(':')).and_then(|n| n.parse::<u64>().ok());
+                let id = token
+                    .strip_prefix(&self.instance)
+                    .and_then(|t| t.strip_prefix(':'))
+                    .and_then(|n| n.parse::<u64>().ok());
                 if let Some(id) = id {
                     let mut st = self.state();
                     if let Some(sub) = st.pending.remove(&id) {
@@ -120,7 +123,9 @@ impl Hub {
                 }
                 // Another process's (or bus's) marker: not ours.
             }
-            Err(e) => tracing::warn!(error = %e, "ignoring a notification on {CHANNEL} that is not an org event notice"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a notification on {CHANNEL} that is not an org event notice")
+            }
         }
     }
 
@@ -145,7 +150,15 @@ impl PgEventBus {
     /// A bus publishing through `pool`; its listener connects with the same options.
     pub fn new(pool: sqlx::PgPool) -> Self {
         let instance = uuid::Uuid::now_v7().simple().to_string();
-        PgEventBus { pool, hub: Arc::new(Hub { instance, state: Mutex::new(HubState::default()), left: Notify::new() }), opening: tokio::sync::Mutex::new(()) }
+        PgEventBus {
+            pool,
+            hub: Arc::new(Hub {
+                instance,
+                state: Mutex::new(HubState::default()),
+                left: Notify::new(),
+            }),
+            opening: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Whether a listener connection is open (for tests: it closes after the last subscription).
@@ -154,7 +167,8 @@ impl PgEventBus {
     }
 
     async fn notify(&self, notice: &Notice) -> Result<(), EventBusError> {
-        let payload = serde_json::to_string(notice).map_err(|e| EventBusError::Invalid(format!("org event notice: {e}")))?;
+        let payload = serde_json::to_string(notice)
+            .map_err(|e| EventBusError::Invalid(format!("org event notice: {e}")))?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload)
@@ -172,7 +186,7 @@ impl PgEventBus {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .acquire_timeout(super::pool::ACQUIRE_TIMEOUT)
+            .acquire_timeout(self.pool.options().get_acquire_timeout())
             .connect_with(options)
             .await
             .map_err(fail)?;
@@ -241,12 +255,21 @@ impl Drop for Subscription {
 #[async_trait]
 impl EventBus for PgEventBus {
     async fn publish(&self, event: &OrgEvent) -> Result<(), EventBusError> {
-        self.notify(&Notice::Event { event: event.clone() }).await
+        self.notify(&Notice::Event {
+            event: event.clone(),
+        })
+        .await
     }
 
-    async fn subscribe(&self, tenant: &TenantContext) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
+    async fn subscribe(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<BoxStream<'static, OrgEvent>, EventBusError> {
         let (tx, rx) = mpsc::unbounded();
-        let subscriber = Subscriber { org: tenant.org().clone(), tx };
+        let subscriber = Subscriber {
+            org: tenant.org().clone(),
+            tx,
+        };
         let opening = self.opening.lock().await;
         // Registered in the same critical section that sees the listener running, so the
         // listener cannot stop for idleness in between.
@@ -276,8 +299,15 @@ impl EventBus for PgEventBus {
         };
         drop(opening);
         // From here a failure drops the subscription, which unregisters it.
-        let subscription = Subscription { rx, id, hub: self.hub.clone() };
-        self.notify(&Notice::Subscribed { token: self.hub.token(id) }).await?;
+        let subscription = Subscription {
+            rx,
+            id,
+            hub: self.hub.clone(),
+        };
+        self.notify(&Notice::Subscribed {
+            token: self.hub.token(id),
+        })
+        .await?;
         Ok(subscription.boxed())
     }
 }
@@ -289,7 +319,14 @@ mod tests {
     use switchboard_core::{SessionId, Timestamp};
 
     fn hub() -> Hub {
-        Hub { instance: "bus1".into(), state: Mutex::new(HubState { running: true, ..HubState::default() }), left: Notify::new() }
+        Hub {
+            instance: "bus1".into(),
+            state: Mutex::new(HubState {
+                running: true,
+                ..HubState::default()
+            }),
+            left: Notify::new(),
+        }
     }
 
     fn event(org: &str) -> OrgEvent {
@@ -310,23 +347,42 @@ mod tests {
     fn a_subscription_receives_only_after_its_marker_and_only_its_org() {
         let hub = hub();
         let (tx, mut rx) = mpsc::unbounded();
-        hub.state().pending.insert(0, Subscriber { org: OrgId::parse("a").unwrap(), tx });
+        hub.state().pending.insert(
+            0,
+            Subscriber {
+                org: OrgId::parse("a").unwrap(),
+                tx,
+            },
+        );
         hub.dispatch(&payload(&Notice::Event { event: event("a") }));
-        hub.dispatch(&payload(&Notice::Subscribed { token: "other-bus:0".into() }));
+        hub.dispatch(&payload(&Notice::Subscribed {
+            token: "other-bus:0".into(),
+        }));
         assert!(rx.try_recv().is_err(), "nothing before its own marker");
-        hub.dispatch(&payload(&Notice::Subscribed { token: hub.token(0) }));
+        hub.dispatch(&payload(&Notice::Subscribed {
+            token: hub.token(0),
+        }));
         hub.dispatch(&payload(&Notice::Event { event: event("b") }));
         hub.dispatch("not json");
         hub.dispatch(&payload(&Notice::Event { event: event("a") }));
         assert_eq!(rx.try_recv().unwrap(), event("a"));
-        assert!(rx.try_recv().is_err(), "b's event and the garbage were not delivered");
+        assert!(
+            rx.try_recv().is_err(),
+            "b's event and the garbage were not delivered"
+        );
     }
 
     #[test]
     fn a_lost_connection_registers_the_waiting_and_an_idle_hub_stops() {
         let hub = hub();
         let (tx, _rx) = mpsc::unbounded();
-        hub.state().pending.insert(3, Subscriber { org: OrgId::parse("a").unwrap(), tx });
+        hub.state().pending.insert(
+            3,
+            Subscriber {
+                org: OrgId::parse("a").unwrap(),
+                tx,
+            },
+        );
         assert!(!hub.stop_if_idle());
         hub.connection_lost();
         assert!(hub.state().live.contains_key(&3));

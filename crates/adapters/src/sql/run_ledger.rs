@@ -92,7 +92,12 @@ fn corrupt(what: impl std::fmt::Display) -> RunLedgerError {
 
 /// A count or time that must fit a signed 64-bit column.
 fn to_i64(value: u64, what: &str) -> Result<i64, RunLedgerError> {
-    i64::try_from(value).map_err(|_| invalid(format!("{what} {value} does not fit the ledger (at most {})", i64::MAX)))
+    i64::try_from(value).map_err(|_| {
+        invalid(format!(
+            "{what} {value} does not fit the ledger (at most {})",
+            i64::MAX
+        ))
+    })
 }
 
 fn from_i64(value: i64, what: &str) -> Result<u64, RunLedgerError> {
@@ -109,10 +114,15 @@ fn token<T: Serialize>(value: &T) -> Result<String, RunLedgerError> {
 }
 
 fn from_token<T: DeserializeOwned>(s: &str, what: &str) -> Result<T, RunLedgerError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| corrupt(format!("stored {what} {s:?}: {e}")))
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|e| corrupt(format!("stored {what} {s:?}: {e}")))
 }
 
-fn parse_id<T>(s: String, what: &str, parse: impl FnOnce(String) -> Result<T, switchboard_core::ids::InvalidId>) -> Result<T, RunLedgerError> {
+fn parse_id<T>(
+    s: String,
+    what: &str,
+    parse: impl FnOnce(String) -> Result<T, switchboard_core::ids::InvalidId>,
+) -> Result<T, RunLedgerError> {
     parse(s).map_err(|e| corrupt(format!("stored {what}: {e}")))
 }
 
@@ -122,7 +132,10 @@ fn events_in_seq_order(run: &RunRecord) -> Result<Vec<&EventEnvelope>, RunLedger
     events.sort_by_key(|e| e.seq);
     let mut seen = HashSet::with_capacity(events.len());
     if let Some(dup) = events.iter().find(|e| !seen.insert(e.seq)) {
-        return Err(invalid(format!("run {} has two events with seq {}", run.run_id, dup.seq)));
+        return Err(invalid(format!(
+            "run {} has two events with seq {}",
+            run.run_id, dup.seq
+        )));
     }
     Ok(events)
 }
@@ -139,12 +152,20 @@ fn encode(run: &RunRecord) -> Result<(RunRow, EventColumns), RunLedgerError> {
         provider: run.provider.clone(),
         status: token(&run.status)?,
         queued_at: to_i64(run.queued_at.as_millis(), "queued_at")?,
-        started_at: run.started_at.map(|t| to_i64(t.as_millis(), "started_at")).transpose()?,
+        started_at: run
+            .started_at
+            .map(|t| to_i64(t.as_millis(), "started_at"))
+            .transpose()?,
         ended_at: to_i64(run.ended_at.as_millis(), "ended_at")?,
         input_tokens: to_i64(run.usage.input_tokens, "input_tokens")?,
         output_tokens: to_i64(run.usage.output_tokens, "output_tokens")?,
         cost_micros: to_i64(run.cost_micros, "cost_micros")?,
-        error: run.error.as_ref().map(serde_json::to_string).transpose().map_err(invalid)?,
+        error: run
+            .error
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(invalid)?,
         event_count: to_i64(run.event_count, "event_count")?,
     };
     let mut columns = EventColumns::default();
@@ -153,7 +174,9 @@ fn encode(run: &RunRecord) -> Result<(RunRow, EventColumns), RunLedgerError> {
         columns.kind.push(e.event.type_name().to_string());
         columns.at.push(to_i64(e.at.as_millis(), "event time")?);
         columns.critical.push(e.critical);
-        columns.json.push(serde_json::to_string(e).map_err(invalid)?);
+        columns
+            .json
+            .push(serde_json::to_string(e).map_err(invalid)?);
     }
     Ok((row, columns))
 }
@@ -195,8 +218,12 @@ impl RunRow {
             session_id: parse_id(self.session_id, "session id", SessionId::parse)?,
             org_id: parse_id(self.org_id, "org id", OrgId::parse)?,
             user_id: parse_id(self.user_id, "user id", UserId::parse)?,
-            api_key_id: self.api_key_id.map(|k| parse_id(k, "api key id", ApiKeyId::parse)).transpose()?,
-            model: ModelRef::parse(&self.model).map_err(|e| corrupt(format!("stored model {:?}: {e}", self.model)))?,
+            api_key_id: self
+                .api_key_id
+                .map(|k| parse_id(k, "api key id", ApiKeyId::parse))
+                .transpose()?,
+            model: ModelRef::parse(&self.model)
+                .map_err(|e| corrupt(format!("stored model {:?}: {e}", self.model)))?,
             provider: self.provider,
             status: from_token::<TerminalStatus>(&self.status, "status")?,
             queued_at: time(self.queued_at, "queued_at")?,
@@ -209,7 +236,10 @@ impl RunRow {
             cost_micros: from_i64(self.cost_micros, "cost_micros")?,
             error: self
                 .error
-                .map(|e| serde_json::from_str::<ErrorBody>(&e).map_err(|err| corrupt(format!("stored run error: {err}"))))
+                .map(|e| {
+                    serde_json::from_str::<ErrorBody>(&e)
+                        .map_err(|err| corrupt(format!("stored run error: {err}")))
+                })
                 .transpose()?,
             event_count: from_i64(self.event_count, "event_count")?,
             events,
@@ -219,9 +249,13 @@ impl RunRow {
 
 /// An event read back: its envelope JSON must parse and carry the seq of its row.
 fn decode_event(seq: i64, json: &str) -> Result<EventEnvelope, RunLedgerError> {
-    let event: EventEnvelope = serde_json::from_str(json).map_err(|e| corrupt(format!("stored event {seq}: {e}")))?;
+    let event: EventEnvelope =
+        serde_json::from_str(json).map_err(|e| corrupt(format!("stored event {seq}: {e}")))?;
     if i64::try_from(event.seq).ok() != Some(seq) {
-        return Err(corrupt(format!("stored event in row {seq} says seq {}", event.seq)));
+        return Err(corrupt(format!(
+            "stored event in row {seq} says seq {}",
+            event.seq
+        )));
     }
     Ok(event)
 }
@@ -233,8 +267,14 @@ fn limit(query: &RunQuery) -> i64 {
 
 /// The `list` query (its placeholders made by `placeholder(n)`, binds in the order org, session,
 /// API key, the returned times, limit) and the time bounds to bind.
-fn list_sql(query: &RunQuery, placeholder: impl Fn(usize) -> String) -> Result<(String, Vec<i64>), RunLedgerError> {
-    let mut sql = format!("SELECT {RUN_COLUMNS_READ} FROM agent_runs WHERE org_id = {}", placeholder(1));
+fn list_sql(
+    query: &RunQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> Result<(String, Vec<i64>), RunLedgerError> {
+    let mut sql = format!(
+        "SELECT {RUN_COLUMNS_READ} FROM agent_runs WHERE org_id = {}",
+        placeholder(1)
+    );
     let mut n = 1;
     let mut next = |column: &str, op: &str, sql: &mut String| {
         n += 1;
@@ -256,7 +296,10 @@ fn list_sql(query: &RunQuery, placeholder: impl Fn(usize) -> String) -> Result<(
         times.push(to_i64(until.as_millis(), "until")?);
     }
     n += 1;
-    sql.push_str(&format!(" ORDER BY ended_at DESC, run_id DESC LIMIT {}", placeholder(n)));
+    sql.push_str(&format!(
+        " ORDER BY ended_at DESC, run_id DESC LIMIT {}",
+        placeholder(n)
+    ));
     Ok((sql, times))
 }
 
@@ -272,7 +315,10 @@ pub struct SqliteRunLedger {
 
 impl SqliteRunLedger {
     pub fn new(pool: sqlx::SqlitePool) -> Self {
-        SqliteRunLedger { pool, statements: AtomicU64::new(0) }
+        SqliteRunLedger {
+            pool,
+            statements: AtomicU64::new(0),
+        }
     }
 
     /// Statements this ledger has sent to the database (`BEGIN` and `COMMIT` included): the hook
@@ -287,7 +333,9 @@ impl SqliteRunLedger {
 
     /// The multi-row insert of `rows` events.
     fn events_insert_sql(rows: usize) -> String {
-        let mut sql = String::from("INSERT INTO agent_run_events (org_id, run_id, seq, type, at, critical, json) VALUES ");
+        let mut sql = String::from(
+            "INSERT INTO agent_run_events (org_id, run_id, seq, type, at, critical, json) VALUES ",
+        );
         for i in 0..rows {
             if i > 0 {
                 sql.push(',');
@@ -306,7 +354,11 @@ impl RunLedger for SqliteRunLedger {
         self.counted(1);
         // IMMEDIATE: take the write lock up front (waiting out the busy timeout) rather than
         // failing an upgrade half-way.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
         self.counted(1);
         let inserted = sqlx::query(
             "INSERT INTO agent_runs (org_id, run_id, session_id, user_id, api_key_id, model, provider, status, queued_at, \
@@ -365,21 +417,25 @@ impl RunLedger for SqliteRunLedger {
         let fail = |e| to_port::<RunLedgerError>("reading a run", e);
         let org = tenant.org().as_str();
         self.counted(1);
-        let found = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS_READ} FROM agent_runs WHERE org_id = ? AND run_id = ?")))
-            .bind(org)
-            .bind(run.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(fail)?
-            .ok_or_else(|| RunLedgerError::NotFound(format!("run {run}")))?;
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS_READ} FROM agent_runs WHERE org_id = ? AND run_id = ?"
+        )))
+        .bind(org)
+        .bind(run.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| RunLedgerError::NotFound(format!("run {run}")))?;
         let head = RunRow::read(&found).map_err(fail)?;
         self.counted(1);
-        let rows = sqlx::query("SELECT seq, json FROM agent_run_events WHERE org_id = ? AND run_id = ? ORDER BY seq")
-            .bind(org)
-            .bind(run.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(fail)?;
+        let rows = sqlx::query(
+            "SELECT seq, json FROM agent_run_events WHERE org_id = ? AND run_id = ? ORDER BY seq",
+        )
+        .bind(org)
+        .bind(run.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(fail)?;
         let mut events = Vec::with_capacity(rows.len());
         for r in &rows {
             use sqlx::Row;
@@ -390,7 +446,11 @@ impl RunLedger for SqliteRunLedger {
         head.into_record(events)
     }
 
-    async fn list(&self, tenant: &TenantContext, query: &RunQuery) -> Result<Vec<RunRecord>, RunLedgerError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, RunLedgerError> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
@@ -407,8 +467,14 @@ impl RunLedger for SqliteRunLedger {
             q = q.bind(t);
         }
         self.counted(1);
-        let rows = q.bind(limit(query)).fetch_all(&self.pool).await.map_err(fail)?;
-        rows.iter().map(|r| RunRow::read(r).map_err(fail)?.into_record(Vec::new())).collect()
+        let rows = q
+            .bind(limit(query))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fail)?;
+        rows.iter()
+            .map(|r| RunRow::read(r).map_err(fail)?.into_record(Vec::new()))
+            .collect()
     }
 }
 
@@ -424,7 +490,10 @@ pub struct PgRunLedger {
 
 impl PgRunLedger {
     pub fn new(pool: sqlx::PgPool) -> Self {
-        PgRunLedger { pool, statements: AtomicU64::new(0) }
+        PgRunLedger {
+            pool,
+            statements: AtomicU64::new(0),
+        }
     }
 
     /// Statements this ledger has sent to the database (`BEGIN` and `COMMIT` included): the hook
@@ -505,13 +574,15 @@ impl RunLedger for PgRunLedger {
         let fail = |e| to_port::<RunLedgerError>("reading a run", e);
         let org = tenant.org().as_str();
         self.counted(1);
-        let found = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RUN_COLUMNS_READ} FROM agent_runs WHERE org_id = $1 AND run_id = $2")))
-            .bind(org)
-            .bind(run.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(fail)?
-            .ok_or_else(|| RunLedgerError::NotFound(format!("run {run}")))?;
+        let found = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS_READ} FROM agent_runs WHERE org_id = $1 AND run_id = $2"
+        )))
+        .bind(org)
+        .bind(run.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| RunLedgerError::NotFound(format!("run {run}")))?;
         let head = RunRow::read(&found).map_err(fail)?;
         self.counted(1);
         let rows = sqlx::query("SELECT seq, json::text AS json FROM agent_run_events WHERE org_id = $1 AND run_id = $2 ORDER BY seq")
@@ -530,7 +601,11 @@ impl RunLedger for PgRunLedger {
         head.into_record(events)
     }
 
-    async fn list(&self, tenant: &TenantContext, query: &RunQuery) -> Result<Vec<RunRecord>, RunLedgerError> {
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, RunLedgerError> {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
@@ -547,8 +622,14 @@ impl RunLedger for PgRunLedger {
             q = q.bind(t);
         }
         self.counted(1);
-        let rows = q.bind(limit(query)).fetch_all(&self.pool).await.map_err(fail)?;
-        rows.iter().map(|r| RunRow::read(r).map_err(fail)?.into_record(Vec::new())).collect()
+        let rows = q
+            .bind(limit(query))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fail)?;
+        rows.iter()
+            .map(|r| RunRow::read(r).map_err(fail)?.into_record(Vec::new()))
+            .collect()
     }
 }
 
@@ -570,8 +651,18 @@ mod tests {
             "WHERE org_id = $1 AND session_id = $2 AND api_key_id = $3 AND ended_at >= $4 AND ended_at < $5 ORDER BY ended_at DESC, run_id DESC LIMIT $6"
         ), "{sql}");
         assert_eq!(times, vec![1, 2]);
-        let (bare, none) = list_sql(&RunQuery { limit: 1, ..RunQuery::default() }, |n| format!("${n}")).unwrap();
-        assert!(bare.ends_with("WHERE org_id = $1 ORDER BY ended_at DESC, run_id DESC LIMIT $2"), "{bare}");
+        let (bare, none) = list_sql(
+            &RunQuery {
+                limit: 1,
+                ..RunQuery::default()
+            },
+            |n| format!("${n}"),
+        )
+        .unwrap();
+        assert!(
+            bare.ends_with("WHERE org_id = $1 ORDER BY ended_at DESC, run_id DESC LIMIT $2"),
+            "{bare}"
+        );
         assert!(none.is_empty());
     }
 
@@ -586,7 +677,13 @@ mod tests {
         };
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(decode_event(7, &json).unwrap(), e);
-        assert!(matches!(decode_event(8, &json), Err(RunLedgerError::Corrupt(_))));
-        assert!(matches!(decode_event(7, "{not json"), Err(RunLedgerError::Corrupt(_))));
+        assert!(matches!(
+            decode_event(8, &json),
+            Err(RunLedgerError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_event(7, "{not json"),
+            Err(RunLedgerError::Corrupt(_))
+        ));
     }
 }

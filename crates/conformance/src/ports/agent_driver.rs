@@ -7,7 +7,7 @@
 
 use crate::disruption::DisruptionCase;
 use crate::fault::{CatalogEntry, Fault, FaultPlan, Faulty};
-use crate::harness::{self, Case, CaseResult, ImplKind, Implementation, Outcome, Report};
+use crate::harness::{self, Case, CaseResult, ImplKind, Implementation, Report};
 use crate::registry::PortSuite;
 use crate::{ensure, ensure_eq, expect_class, ok};
 use async_trait::async_trait;
@@ -512,11 +512,7 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::AgentDriver,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::AgentDriver, name, make, &cases())
 }
 
 // ----- disruptions ----------------------------------------------------------------------------
@@ -817,22 +813,13 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
 
 /// One disruption case per catalog entry, each through `Faulty` around the fake.
 pub fn disruptions() -> Vec<DisruptionCase> {
-    CATALOG
-        .iter()
-        .map(|&entry| DisruptionCase {
-            port: PortId::AgentDriver,
-            entry: entry.name(),
-            run: Box::new(move || match harness::block_on(disrupt(entry)) {
-                Ok(()) => Outcome::Passed,
-                Err(e) => Outcome::Failed(e),
-            }),
-        })
-        .collect()
+    crate::disruption::per_entry(PortId::AgentDriver, CATALOG, |entry| Box::pin(disrupt(entry)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::Outcome;
 
     #[test]
     fn suite_passes() {

@@ -209,11 +209,7 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::Clock,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::Clock, name, make, &cases())
 }
 
 /// Clock faults are exercised inside the session lifecycle (timeouts firing late), not here.

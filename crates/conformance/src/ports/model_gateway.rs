@@ -249,11 +249,7 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::ModelGateway,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::ModelGateway, name, make, &cases())
 }
 
 /// Model gateway faults are exercised inside the session lifecycle (at dispatch), not here.

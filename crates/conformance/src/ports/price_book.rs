@@ -286,11 +286,7 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::PriceBook,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::PriceBook, name, make, &cases())
 }
 
 /// Price book faults are exercised inside the session lifecycle (at dispatch), not here.

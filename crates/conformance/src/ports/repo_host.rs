@@ -2,7 +2,7 @@
 
 use crate::disruption::DisruptionCase;
 use crate::fault::{CatalogEntry, Fault, FaultPlan, Faulty};
-use crate::harness::{self, BoxFut, Case, CaseResult, ImplKind, Implementation, Outcome, Report};
+use crate::harness::{self, BoxFut, Case, CaseResult, ImplKind, Implementation, Report};
 use crate::registry::PortSuite;
 use crate::{ensure, ensure_eq, expect_class, ok};
 use async_trait::async_trait;
@@ -315,31 +315,14 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::RepoHost,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::RepoHost, name, make, &cases())
 }
 
 // ----- disruption cases ----------------------------------------------------------------------
 
 /// One disruption case per catalog entry.
 pub fn disruptions() -> Vec<DisruptionCase> {
-    CATALOG
-        .iter()
-        .map(|entry| {
-            let entry = *entry;
-            DisruptionCase {
-                port: PortId::RepoHost,
-                entry: entry.name(),
-                run: Box::new(move || match harness::block_on(disrupt(entry)) {
-                    Ok(()) => Outcome::Passed,
-                    Err(message) => Outcome::Failed(message),
-                }),
-            }
-        })
-        .collect()
+    crate::disruption::per_entry(PortId::RepoHost, CATALOG, |entry| Box::pin(disrupt(entry)))
 }
 
 /// Injects `entry`'s fault forever, checks the caller's view and the host's state, heals, and
@@ -416,6 +399,7 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::Outcome;
 
     #[test]
     fn suite_passes() {

@@ -259,11 +259,7 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::SandboxProvider,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::SandboxProvider, name, make, &cases())
 }
 
 /// Provider faults are exercised inside the session lifecycle, not here.

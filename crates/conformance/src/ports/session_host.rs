@@ -708,11 +708,7 @@ pub fn check<Fut>(name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'st
 where
     Fut: Future<Output = Result<Fixture, String>> + Send + 'static,
 {
-    Report::run(harness::trials(
-        PortId::SessionHost,
-        &Implementation::new(name, ImplKind::Adapter, make),
-        &cases(),
-    ))
+    harness::check(PortId::SessionHost, name, make, &cases())
 }
 
 #[cfg(test)]
