@@ -30,9 +30,13 @@ pub async fn connect_sqlite(path: &Path, max_connections: u32) -> Result<sqlx::S
     SqlitePoolOptions::new().max_connections(max_connections.max(1)).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await
 }
 
-/// Connects to Postgres at `url` (`postgres://user:pass@host:port/db`).
+/// Connects to Postgres at `url` (`postgres://user:pass@host:port/db`). A server that refuses the
+/// connection fails at once (one direct attempt first), rather than after the pool's retries.
 pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<sqlx::PgPool, sqlx::Error> {
+    use sqlx::Connection;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let probe = tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::PgConnection::connect_with(&options)).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+    probe.close().await?;
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
