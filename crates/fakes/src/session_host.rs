@@ -568,7 +568,13 @@ mod tests {
 
         w.store
             .script((0..3).map(|_| Flake::Fail(ErrorClass::Unavailable)));
+        let commits_before = w.store.commits();
         let refused = prompt(&w, "r-1").unwrap_err();
+        assert_eq!(
+            w.store.commits(),
+            commits_before + switchboard_ports::runtime::PERSIST_ATTEMPTS,
+            "the commit is tried a few times, then nothing more is written"
+        );
         assert_eq!(
             refused.class(),
             ErrorClass::Unavailable,
