@@ -92,7 +92,7 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
         }
     }
     let mut out = String::new();
-    out.push_str(&format!("\n{:<9} {:<17} {:<16} {:<8} {:>6} {:>6} {:>7} {:>6}  {}\n", "plane", "port", "implementation", "kind", "cases", "passed", "failed", "ignored", "faults covered"));
+    out.push_str(&format!("\n{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n", "plane", "port", "implementation", "kind", "cases", "passed", "failed", "ignored", "port faults covered"));
     let mut failures = 0;
     for s in report["metadata"]["suites"].as_array().into_iter().flatten() {
         let p = s["port"].as_str().unwrap_or("");
@@ -105,7 +105,7 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
         let covered = format!("{}/{}{}", f.map_or(0, |t| t.passed), catalog, f.filter(|t| t.failed > 0).map_or(String::new(), |t| format!(" ({} failed)", t.failed)));
         let impls = s["implementations"].as_array().cloned().unwrap_or_default();
         if impls.is_empty() {
-            out.push_str(&format!("{:<9} {:<17} {:<16} {:<8} {:>6} {:>6} {:>7} {:>6}  {}\n", s["plane"].as_str().unwrap_or(""), p, "(none)", "-", cases, "-", "-", "-", covered));
+            out.push_str(&format!("{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n", s["plane"].as_str().unwrap_or(""), p, "(none)", "-", cases, "-", "-", "-", covered));
         }
         for imp in impls {
             let i = imp["name"].as_str().unwrap_or("");
@@ -116,7 +116,7 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
             let cell = |n: Option<usize>| n.map_or("-".to_string(), |n| n.to_string());
             failures += t.map_or(0, |t| t.failed);
             out.push_str(&format!(
-                "{:<9} {:<17} {:<16} {:<8} {:>6} {:>6} {:>7} {:>6}  {}\n",
+                "{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n",
                 s["plane"].as_str().unwrap_or(""),
                 p,
                 i,
