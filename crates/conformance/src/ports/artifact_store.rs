@@ -607,22 +607,7 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::Outcome;
-
-    #[test]
-    fn suite_passes() {
-        Report::run(suite().trials).assert_all_passed();
-    }
-
-    #[test]
-    fn disruptions_pass() {
-        let cases = disruptions();
-        assert_eq!(cases.len(), CATALOG.len());
-        for case in cases {
-            let name = case.entry.clone();
-            assert_eq!((case.run)(), Outcome::Passed, "{name}");
-        }
-    }
+    
 
     #[test]
     fn fs_fixture_dirs_are_removed() {

@@ -222,11 +222,6 @@ mod tests {
     use super::*;
     use crate::fault::FaultPlan;
 
-    #[test]
-    fn suite_passes() {
-        Report::run(suite().trials).assert_all_passed();
-    }
-
     /// A clock whose timers fire at once: the wake-up case must catch it.
     struct EarlyClock(InMemoryClock);
 

@@ -264,11 +264,6 @@ mod tests {
     use switchboard_ports::Classify;
 
     #[test]
-    fn suite_passes() {
-        Report::run(suite().trials).assert_all_passed();
-    }
-
-    #[test]
     fn check_reports_a_gateway_that_shares_keys_across_tenants() {
         /// Remembers the last key it resolved and hands it to anyone: the contract must catch it.
         struct Leaky(

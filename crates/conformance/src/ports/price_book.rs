@@ -302,11 +302,6 @@ mod tests {
     use switchboard_ports::Classify;
 
     #[test]
-    fn suite_passes() {
-        Report::run(suite().trials).assert_all_passed();
-    }
-
-    #[test]
     fn check_reports_a_book_that_invents_prices() {
         /// Prices everything at the same figure: the contract must catch it.
         struct Inventive;

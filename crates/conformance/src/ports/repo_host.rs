@@ -396,23 +396,3 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::harness::Outcome;
-
-    #[test]
-    fn suite_passes() {
-        Report::run(suite().trials).assert_all_passed();
-    }
-
-    #[test]
-    fn disruptions_pass() {
-        let cases = disruptions();
-        assert_eq!(cases.len(), CATALOG.len());
-        for case in cases {
-            let name = case.entry.clone();
-            assert_eq!((case.run)(), Outcome::Passed, "{name}");
-        }
-    }
-}

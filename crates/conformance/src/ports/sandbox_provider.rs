@@ -267,12 +267,3 @@ pub fn disruptions() -> Vec<DisruptionCase> {
     Vec::new()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn suite_passes() {
-        Report::run(suite().trials).assert_all_passed();
-    }
-}
