@@ -32,24 +32,46 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
 /// Runs the conformance binary with `filter` and returns its JSON report and whether it passed.
 fn run_conformance(filter: Option<String>, extra: &[&str]) -> (Value, bool) {
-    let report = std::env::temp_dir().join(format!("switchboard-conformance-{}.json", std::process::id()));
+    let report = std::env::temp_dir().join(format!(
+        "switchboard-conformance-{}.json",
+        std::process::id()
+    ));
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root())
-        .args(["test", "-q", "-p", "switchboard-conformance", "--test", "conformance", "--"])
+        .args([
+            "test",
+            "-q",
+            "-p",
+            "switchboard-conformance",
+            "--test",
+            "conformance",
+            "--",
+        ])
         .args(extra)
         .env("SWITCHBOARD_CONFORMANCE_REPORT", &report);
     if let Some(f) = filter {
         cmd.arg(f);
     }
     let status = cmd.status().expect("cargo runs");
-    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("the conformance runner wrote no report at {}: {e}", report.display()));
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
+        panic!(
+            "the conformance runner wrote no report at {}: {e}",
+            report.display()
+        )
+    });
     let _ = std::fs::remove_file(&report);
-    (serde_json::from_str(&text).expect("the report is JSON"), status.success())
+    (
+        serde_json::from_str(&text).expect("the report is JSON"),
+        status.success(),
+    )
 }
 
 fn conformance(port: Option<String>, implementation: Option<String>) -> ExitCode {
@@ -60,7 +82,10 @@ fn conformance(port: Option<String>, implementation: Option<String>) -> ExitCode
         (None, None) => None,
     };
     let (report, ok) = run_conformance(filter, &[]);
-    print!("{}", matrix(&report, port.as_deref(), implementation.as_deref()));
+    print!(
+        "{}",
+        matrix(&report, port.as_deref(), implementation.as_deref())
+    );
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -79,7 +104,11 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
     let mut tallies: BTreeMap<(String, String), Tally> = BTreeMap::new();
     let mut faults: BTreeMap<String, Tally> = BTreeMap::new();
     for r in report["results"].as_array().into_iter().flatten() {
-        let (p, i, status) = (r["port"].as_str().unwrap_or(""), r["implementation"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""));
+        let (p, i, status) = (
+            r["port"].as_str().unwrap_or(""),
+            r["implementation"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+        );
         let t = if r["kind"] == "disruption" {
             faults.entry(p.to_string()).or_default()
         } else {
@@ -92,9 +121,24 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
         }
     }
     let mut out = String::new();
-    out.push_str(&format!("\n{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n", "plane", "port", "implementation", "kind", "cases", "passed", "failed", "ignored", "port faults covered"));
+    out.push_str(&format!(
+        "\n{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n",
+        "plane",
+        "port",
+        "implementation",
+        "kind",
+        "cases",
+        "passed",
+        "failed",
+        "ignored",
+        "port faults covered"
+    ));
     let mut failures = 0;
-    for s in report["metadata"]["suites"].as_array().into_iter().flatten() {
+    for s in report["metadata"]["suites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let p = s["port"].as_str().unwrap_or("");
         if port.is_some_and(|want| want != p) {
             continue;
@@ -102,10 +146,27 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
         let cases = s["cases"].as_array().map_or(0, |c| c.len());
         let catalog = s["catalog"].as_array().map_or(0, |c| c.len());
         let f = faults.get(p);
-        let covered = format!("{}/{}{}", f.map_or(0, |t| t.passed), catalog, f.filter(|t| t.failed > 0).map_or(String::new(), |t| format!(" ({} failed)", t.failed)));
+        let covered = format!(
+            "{}/{}{}",
+            f.map_or(0, |t| t.passed),
+            catalog,
+            f.filter(|t| t.failed > 0)
+                .map_or(String::new(), |t| format!(" ({} failed)", t.failed))
+        );
         let impls = s["implementations"].as_array().cloned().unwrap_or_default();
         if impls.is_empty() {
-            out.push_str(&format!("{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n", s["plane"].as_str().unwrap_or(""), p, "(none)", "-", cases, "-", "-", "-", covered));
+            out.push_str(&format!(
+                "{:<9} {:<17} {:<20} {:<8} {:>6} {:>6} {:>7} {:>7}  {}\n",
+                s["plane"].as_str().unwrap_or(""),
+                p,
+                "(none)",
+                "-",
+                cases,
+                "-",
+                "-",
+                "-",
+                covered
+            ));
         }
         for imp in impls {
             let i = imp["name"].as_str().unwrap_or("");
@@ -129,10 +190,19 @@ fn matrix(report: &Value, port: Option<&str>, implementation: Option<&str>) -> S
             ));
         }
     }
-    let waivers = report["metadata"]["waivers"].as_array().cloned().unwrap_or_default();
+    let waivers = report["metadata"]["waivers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     out.push_str(&format!("\nWAIVERS ({}):\n", waivers.len()));
     for w in &waivers {
-        out.push_str(&format!("  {:<17} {:<13} issue #{:<3} {}\n", w["port"].as_str().unwrap_or(""), w["part"].as_str().unwrap_or(""), w["issue"], w["reason"].as_str().unwrap_or("")));
+        out.push_str(&format!(
+            "  {:<17} {:<13} issue #{:<3} {}\n",
+            w["port"].as_str().unwrap_or(""),
+            w["part"].as_str().unwrap_or(""),
+            w["issue"],
+            w["reason"].as_str().unwrap_or("")
+        ));
     }
     out.push_str(&format!("\n{} failed trial(s) in the matrix\n", failures));
     out
@@ -142,13 +212,21 @@ fn ports_doc() -> ExitCode {
     // `--list` runs no trial but the runner still writes the registry metadata.
     let (report, _) = run_conformance(None, &["--list"]);
     let mut out = String::from("# Ports\n\nGenerated by `cargo xtask ports-doc` from the registry (`crates/ports/src/registry.rs`) and the\nconformance suites; do not edit by hand. Each port ships as a bundle: the trait with its `# Contract`,\nan in-memory fake, real adapters, contract cases and a fault catalog exercised by the disruption suite.\n");
-    for s in report["metadata"]["suites"].as_array().into_iter().flatten() {
+    for s in report["metadata"]["suites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let name = s["port"].as_str().unwrap_or("");
         out.push_str(&format!("\n## `{name}` ({} plane)\n\nImplementations: {}.\n\nContract cases: {}.\n\nFault catalog:\n", s["plane"].as_str().unwrap_or(""),
             s["implementations"].as_array().into_iter().flatten().map(|i| format!("`{}` ({})", i["name"].as_str().unwrap_or(""), i["kind"].as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "),
             s["cases"].as_array().into_iter().flatten().map(|c| format!("`{}`", c.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ")));
         for e in s["catalog"].as_array().into_iter().flatten() {
-            out.push_str(&format!("- `{}`: {}\n", e["name"].as_str().unwrap_or(""), e["outcome"].as_str().unwrap_or("")));
+            out.push_str(&format!(
+                "- `{}`: {}\n",
+                e["name"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or("")
+            ));
         }
     }
     let path = root().join("docs/ports.md");
@@ -159,7 +237,10 @@ fn ports_doc() -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Conformance { port, implementation } => conformance(port, implementation),
+        Cmd::Conformance {
+            port,
+            implementation,
+        } => conformance(port, implementation),
         Cmd::PortsDoc => ports_doc(),
     }
 }

@@ -5,14 +5,20 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            if path.file_name().is_some_and(|n| n == "target" || n == "snapshots") {
+            if path
+                .file_name()
+                .is_some_and(|n| n == "target" || n == "snapshots")
+            {
                 continue;
             }
             rust_files(&path, out);
@@ -25,10 +31,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn files_of(rel: &str) -> Vec<(PathBuf, String)> {
     let mut paths = Vec::new();
     rust_files(&root().join(rel), &mut paths);
-    paths.into_iter().map(|p| {
-        let text = std::fs::read_to_string(&p).unwrap();
-        (p, text)
-    }).collect()
+    paths
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect()
 }
 
 /// The names under `[dependencies]` (not dev- or build-dependencies) of a crate's Cargo.toml.
@@ -56,18 +65,59 @@ fn normal_dependencies(crate_dir: &str) -> BTreeSet<String> {
 fn crate_dependency_rules_hold() {
     let allowed: &[(&str, &[&str])] = &[
         ("crates/core", &["serde", "serde_json", "thiserror"]),
-        ("crates/ports", &["switchboard-core", "async-trait", "thiserror", "serde", "serde_json", "futures"]),
-        ("crates/fakes", &["switchboard-core", "switchboard-ports", "async-trait", "serde", "serde_json", "futures", "tokio", "sha2", "hex"]),
+        (
+            "crates/ports",
+            &[
+                "switchboard-core",
+                "async-trait",
+                "thiserror",
+                "serde",
+                "serde_json",
+                "futures",
+            ],
+        ),
+        (
+            "crates/fakes",
+            &[
+                "switchboard-core",
+                "switchboard-ports",
+                "async-trait",
+                "serde",
+                "serde_json",
+                "futures",
+                "tokio",
+                "sha2",
+                "hex",
+            ],
+        ),
     ];
     for (dir, ok) in allowed {
         let deps = normal_dependencies(dir);
         let extra: Vec<_> = deps.iter().filter(|d| !ok.contains(&d.as_str())).collect();
-        assert!(extra.is_empty(), "{dir} may not depend on {extra:?} (ARCHITECTURE.md, crate table)");
+        assert!(
+            extra.is_empty(),
+            "{dir} may not depend on {extra:?} (ARCHITECTURE.md, crate table)"
+        );
     }
     let forbidden: &[(&str, &[&str])] = &[
-        ("crates/adapters", &["switchboard-fakes", "switchboard-conformance", "switchboard-server"]),
+        (
+            "crates/adapters",
+            &[
+                "switchboard-fakes",
+                "switchboard-conformance",
+                "switchboard-server",
+            ],
+        ),
         ("crates/conformance", &["switchboard-server"]),
-        ("crates/bridge", &["switchboard-server", "switchboard-fakes", "switchboard-conformance", "sqlx"]),
+        (
+            "crates/bridge",
+            &[
+                "switchboard-server",
+                "switchboard-fakes",
+                "switchboard-conformance",
+                "sqlx",
+            ],
+        ),
     ];
     for (dir, no) in forbidden {
         let deps = normal_dependencies(dir);
@@ -75,9 +125,17 @@ fn crate_dependency_rules_hold() {
         assert!(bad.is_empty(), "{dir} may not depend on {bad:?}");
     }
     let fakes_tokio = std::fs::read_to_string(root().join("crates/fakes/Cargo.toml")).unwrap();
-    let tokio_line = fakes_tokio.lines().find(|l| l.trim_start().starts_with("tokio")).unwrap_or("");
-    assert!(tokio_line.contains("\"sync\"") && !tokio_line.contains("\"fs\"") && !tokio_line.contains("\"net\"") && !tokio_line.contains("\"time\""),
-        "fakes may use tokio's sync primitives only: {tokio_line}");
+    let tokio_line = fakes_tokio
+        .lines()
+        .find(|l| l.trim_start().starts_with("tokio"))
+        .unwrap_or("");
+    assert!(
+        tokio_line.contains("\"sync\"")
+            && !tokio_line.contains("\"fs\"")
+            && !tokio_line.contains("\"net\"")
+            && !tokio_line.contains("\"time\""),
+        "fakes may use tokio's sync primitives only: {tokio_line}"
+    );
 }
 
 fn assert_absent(rel: &str, needles: &[&str], why: &str) {
@@ -99,7 +157,17 @@ fn assert_absent(rel: &str, needles: &[&str], why: &str) {
 fn core_does_no_io_and_reads_no_clock() {
     assert_absent(
         "crates/core/src",
-        &["std::fs", "std::net", "std::thread", "std::process", "std::env", "SystemTime", "Instant::now", "tokio", "rand::"],
+        &[
+            "std::fs",
+            "std::net",
+            "std::thread",
+            "std::process",
+            "std::env",
+            "SystemTime",
+            "Instant::now",
+            "tokio",
+            "rand::",
+        ],
         "crates/core is sans-IO (it must build for wasm32 and run in a Durable Object)",
     );
 }
@@ -108,7 +176,16 @@ fn core_does_no_io_and_reads_no_clock() {
 fn fakes_read_no_wall_clock_and_do_no_io() {
     assert_absent(
         "crates/fakes/src",
-        &["std::fs", "std::net", "std::process", "std::env", "SystemTime", "Instant::now", "tokio::time", "tokio::fs"],
+        &[
+            "std::fs",
+            "std::net",
+            "std::process",
+            "std::env",
+            "SystemTime",
+            "Instant::now",
+            "tokio::time",
+            "tokio::fs",
+        ],
         "fakes take time from the Clock port and do no IO",
     );
 }
@@ -117,7 +194,14 @@ fn fakes_read_no_wall_clock_and_do_no_io() {
 fn ports_name_no_driver_type() {
     assert_absent(
         "crates/ports/src",
-        &["sqlx", "reqwest", "tungstenite", "tokio::", "rusqlite", "axum"],
+        &[
+            "sqlx",
+            "reqwest",
+            "tungstenite",
+            "tokio::",
+            "rusqlite",
+            "axum",
+        ],
         "ports name no driver or runtime type",
     );
 }
@@ -132,13 +216,22 @@ fn every_module_opens_with_a_doc_line() {
             }
         }
     }
-    assert!(missing.is_empty(), "every module opens with a `//!` line:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "every module opens with a `//!` line:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
 fn no_stubs_and_no_skipped_tests() {
     // Built from pieces so this file does not match itself.
-    let needles = [concat!("todo", "!("), concat!("unimplemented", "!("), concat!("#[", "ignore"), concat!("#[", "should_panic")];
+    let needles = [
+        concat!("todo", "!("),
+        concat!("unimplemented", "!("),
+        concat!("#[", "ignore"),
+        concat!("#[", "should_panic"),
+    ];
     let mut hits = Vec::new();
     for dir in ["crates", "xtask"] {
         for (path, text) in files_of(dir) {
@@ -149,12 +242,24 @@ fn no_stubs_and_no_skipped_tests() {
             }
         }
     }
-    assert!(hits.is_empty(), "no stubs, no ignored or should_panic tests:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "no stubs, no ignored or should_panic tests:\n{}",
+        hits.join("\n")
+    );
 }
 
 #[test]
 fn no_placeholder_modules_remain() {
     let needle = concat!("(being", " written)");
-    let hits: Vec<String> = files_of("crates").into_iter().filter(|(_, t)| t.contains(needle)).map(|(p, _)| p.display().to_string()).collect();
-    assert!(hits.is_empty(), "placeholder modules remain:\n{}", hits.join("\n"));
+    let hits: Vec<String> = files_of("crates")
+        .into_iter()
+        .filter(|(_, t)| t.contains(needle))
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert!(
+        hits.is_empty(),
+        "placeholder modules remain:\n{}",
+        hits.join("\n")
+    );
 }

@@ -8,7 +8,9 @@ use switchboard_core::ErrorClass;
 fn postgres_required() -> bool {
     match postgres_gate() {
         Ok(()) => true,
-        Err(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("Postgres is required under CI: {reason}"),
+        Err(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("Postgres is required under CI: {reason}")
+        }
         Err(reason) => {
             eprintln!("skipping the Postgres half: {reason}");
             false

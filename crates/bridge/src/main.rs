@@ -3,6 +3,9 @@
 //! issue; until then it only says so.
 
 fn main() {
-    eprintln!("switchboard-bridge {}: the sandbox bridge is not built yet (data-plane issue)", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "switchboard-bridge {}: the sandbox bridge is not built yet (data-plane issue)",
+        env!("CARGO_PKG_VERSION")
+    );
     std::process::exit(2);
 }

@@ -18,7 +18,11 @@ pub struct DisruptionCase {
 
 /// One disruption case per catalog entry, each running `flow(entry)` on its own runtime with the
 /// case time limit; a panic or a hang is a failure.
-pub fn per_entry(port: PortId, catalog: &[CatalogEntry], flow: fn(CatalogEntry) -> BoxFut<'static, CaseResult>) -> Vec<DisruptionCase> {
+pub fn per_entry(
+    port: PortId,
+    catalog: &[CatalogEntry],
+    flow: fn(CatalogEntry) -> BoxFut<'static, CaseResult>,
+) -> Vec<DisruptionCase> {
     catalog
         .iter()
         .map(|&entry| DisruptionCase {
@@ -26,12 +30,16 @@ pub fn per_entry(port: PortId, catalog: &[CatalogEntry], flow: fn(CatalogEntry) 
             entry: entry.name(),
             run: Box::new(move || {
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    harness::block_on(async move { tokio::time::timeout(CASE_TIMEOUT, flow(entry)).await })
+                    harness::block_on(async move {
+                        tokio::time::timeout(CASE_TIMEOUT, flow(entry)).await
+                    })
                 }));
                 match ran {
                     Ok(Ok(Ok(()))) => Outcome::Passed,
                     Ok(Ok(Err(message))) => Outcome::Failed(message),
-                    Ok(Err(_)) => Outcome::Failed(format!("disruption did not finish within {CASE_TIMEOUT:?}")),
+                    Ok(Err(_)) => Outcome::Failed(format!(
+                        "disruption did not finish within {CASE_TIMEOUT:?}"
+                    )),
                     Err(panic) => Outcome::Failed(harness::panic_message(&panic)),
                 }
             }),

@@ -26,7 +26,14 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 6] = [Fault::Unavailable, Fault::Timeout, Fault::RateLimited, Fault::Corrupt, Fault::LostAnswer, Fault::Slow];
+    pub const ALL: [Fault; 6] = [
+        Fault::Unavailable,
+        Fault::Timeout,
+        Fault::RateLimited,
+        Fault::Corrupt,
+        Fault::LostAnswer,
+        Fault::Slow,
+    ];
 
     /// The class the caller sees, `None` for a slow success.
     pub fn class(self) -> Option<ErrorClass> {
@@ -52,7 +59,10 @@ impl Fault {
 
     /// The port error for this fault.
     pub fn error<E: FromClass>(self, op: &str) -> E {
-        E::from_class(self.class().unwrap_or(ErrorClass::Timeout), format!("injected {} fault in {op}", self.name()))
+        E::from_class(
+            self.class().unwrap_or(ErrorClass::Timeout),
+            format!("injected {} fault in {op}", self.name()),
+        )
     }
 }
 
@@ -80,9 +90,18 @@ enum Mode {
     /// Faults for the next matching calls, in order.
     Scripted(VecDeque<(String, Fault)>),
     /// Every matching call gets the fault, `remaining` times (`None`: forever).
-    Always { op: String, fault: Fault, remaining: Option<u32> },
+    Always {
+        op: String,
+        fault: Fault,
+        remaining: Option<u32>,
+    },
     /// Each call fails with probability `per_mille`/1000, drawing from the listed faults.
-    Seeded { seed: u64, state: u64, per_mille: u32, faults: Vec<Fault> },
+    Seeded {
+        seed: u64,
+        state: u64,
+        per_mille: u32,
+        faults: Vec<Fault>,
+    },
 }
 
 #[derive(Debug)]
@@ -104,7 +123,11 @@ impl Default for FaultPlan {
 
 impl FaultPlan {
     fn with(mode: Mode) -> Self {
-        FaultPlan(Arc::new(Mutex::new(PlanState { mode, injected: Vec::new(), calls: 0 })))
+        FaultPlan(Arc::new(Mutex::new(PlanState {
+            mode,
+            injected: Vec::new(),
+            calls: 0,
+        })))
     }
 
     /// Injects nothing.
@@ -114,23 +137,41 @@ impl FaultPlan {
 
     /// Injects `fault` into every call of `op` (`"*"`: any op), forever.
     pub fn always(op: &str, fault: Fault) -> Self {
-        Self::with(Mode::Always { op: op.to_string(), fault, remaining: None })
+        Self::with(Mode::Always {
+            op: op.to_string(),
+            fault,
+            remaining: None,
+        })
     }
 
     /// Injects `fault` into the next `times` calls of `op`, then heals.
     pub fn times(op: &str, fault: Fault, times: u32) -> Self {
-        Self::with(Mode::Always { op: op.to_string(), fault, remaining: Some(times) })
+        Self::with(Mode::Always {
+            op: op.to_string(),
+            fault,
+            remaining: Some(times),
+        })
     }
 
     /// Injects the listed faults into the next matching calls, in order, then heals.
     pub fn scripted(steps: impl IntoIterator<Item = (&'static str, Fault)>) -> Self {
-        Self::with(Mode::Scripted(steps.into_iter().map(|(op, f)| (op.to_string(), f)).collect()))
+        Self::with(Mode::Scripted(
+            steps
+                .into_iter()
+                .map(|(op, f)| (op.to_string(), f))
+                .collect(),
+        ))
     }
 
     /// Fails each call with probability `per_mille / 1000`, with a fault drawn from `faults`, by a
     /// deterministic generator seeded with `seed`.
     pub fn seeded(seed: u64, per_mille: u32, faults: &[Fault]) -> Self {
-        Self::with(Mode::Seeded { seed, state: seed ^ 0x9E37_79B9_7F4A_7C15, per_mille, faults: faults.to_vec() })
+        Self::with(Mode::Seeded {
+            seed,
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            per_mille,
+            faults: faults.to_vec(),
+        })
     }
 
     /// Stops injecting (the backend heals).
@@ -177,7 +218,11 @@ impl FaultPlan {
                 }
                 _ => None,
             },
-            Mode::Always { op: want, fault, remaining } => {
+            Mode::Always {
+                op: want,
+                fault,
+                remaining,
+            } => {
                 if matches(want) {
                     match remaining {
                         None => Some(*fault),
@@ -191,7 +236,12 @@ impl FaultPlan {
                     None
                 }
             }
-            Mode::Seeded { state, per_mille, faults, .. } => {
+            Mode::Seeded {
+                state,
+                per_mille,
+                faults,
+                ..
+            } => {
                 // splitmix64
                 *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
                 let mut z = *state;
@@ -280,6 +330,9 @@ mod tests {
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
         let hits = draw(7).iter().filter(|f| f.is_some()).count();
-        assert!((30..=100).contains(&hits), "about 30% should fail, got {hits}/200");
+        assert!(
+            (30..=100).contains(&hits),
+            "about 30% should fail, got {hits}/200"
+        );
     }
 }

@@ -25,7 +25,10 @@ pub struct Case<F> {
 
 impl<F> Clone for Case<F> {
     fn clone(&self) -> Self {
-        Case { name: self.name, run: self.run }
+        Case {
+            name: self.name,
+            run: self.run,
+        }
     }
 }
 
@@ -53,17 +56,31 @@ pub struct Implementation<F> {
 
 impl<F> Clone for Implementation<F> {
     fn clone(&self) -> Self {
-        Implementation { name: self.name, kind: self.kind, gate: self.gate, factory: self.factory.clone() }
+        Implementation {
+            name: self.name,
+            kind: self.kind,
+            gate: self.gate,
+            factory: self.factory.clone(),
+        }
     }
 }
 
 impl<F: 'static> Implementation<F> {
     /// An implementation that is always available.
-    pub fn new<Fut>(name: &'static str, kind: ImplKind, make: impl Fn() -> Fut + Send + Sync + 'static) -> Self
+    pub fn new<Fut>(
+        name: &'static str,
+        kind: ImplKind,
+        make: impl Fn() -> Fut + Send + Sync + 'static,
+    ) -> Self
     where
         Fut: Future<Output = Result<F, String>> + Send + 'static,
     {
-        Implementation { name, kind, gate: always_available, factory: Arc::new(move || Box::pin(make())) }
+        Implementation {
+            name,
+            kind,
+            gate: always_available,
+            factory: Arc::new(move || Box::pin(make())),
+        }
     }
 
     /// Sets the availability gate.
@@ -100,7 +117,12 @@ pub struct Trial {
 impl Trial {
     /// `port::implementation::case`.
     pub fn name(&self) -> String {
-        format!("{}::{}::{}", self.port.name(), self.implementation, self.case)
+        format!(
+            "{}::{}::{}",
+            self.port.name(),
+            self.implementation,
+            self.case
+        )
     }
 }
 
@@ -118,7 +140,11 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> T {
 }
 
 /// Builds the trials of every case against one implementation.
-pub fn trials<F: Send + 'static>(port: PortId, implementation: &Implementation<F>, cases: &[Case<F>]) -> Vec<Trial> {
+pub fn trials<F: Send + 'static>(
+    port: PortId,
+    implementation: &Implementation<F>,
+    cases: &[Case<F>],
+) -> Vec<Trial> {
     let unavailable = (implementation.gate)().err();
     cases
         .iter()
@@ -139,12 +165,16 @@ pub fn trials<F: Send + 'static>(port: PortId, implementation: &Implementation<F
                     block_on(async move {
                         let fixture = match factory().await {
                             Ok(f) => f,
-                            Err(e) => return Outcome::Failed(format!("could not build a fixture: {e}")),
+                            Err(e) => {
+                                return Outcome::Failed(format!("could not build a fixture: {e}"))
+                            }
                         };
                         match tokio::time::timeout(CASE_TIMEOUT, (case.run)(fixture)).await {
                             Ok(Ok(())) => Outcome::Passed,
                             Ok(Err(msg)) => Outcome::Failed(msg),
-                            Err(_) => Outcome::Failed(format!("case did not finish within {CASE_TIMEOUT:?}")),
+                            Err(_) => Outcome::Failed(format!(
+                                "case did not finish within {CASE_TIMEOUT:?}"
+                            )),
                         }
                     })
                 }),
@@ -155,12 +185,21 @@ pub fn trials<F: Send + 'static>(port: PortId, implementation: &Implementation<F
 
 /// Runs every case of a port against an adapter author's implementation, one after another: the
 /// body of each port module's `check`.
-pub fn check<F, Fut>(port: PortId, name: &'static str, make: impl Fn() -> Fut + Send + Sync + 'static, cases: &[Case<F>]) -> Report
+pub fn check<F, Fut>(
+    port: PortId,
+    name: &'static str,
+    make: impl Fn() -> Fut + Send + Sync + 'static,
+    cases: &[Case<F>],
+) -> Report
 where
     F: Send + 'static,
     Fut: Future<Output = Result<F, String>> + Send + 'static,
 {
-    Report::run(trials(port, &Implementation::new(name, ImplKind::Adapter, make), cases))
+    Report::run(trials(
+        port,
+        &Implementation::new(name, ImplKind::Adapter, make),
+        cases,
+    ))
 }
 
 /// The result of running a set of trials in-process (what an adapter author gets from `check`).
@@ -185,7 +224,10 @@ impl Report {
     }
 
     pub fn passed(&self) -> usize {
-        self.results.iter().filter(|(_, o)| *o == Outcome::Passed).count()
+        self.results
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Passed)
+            .count()
     }
 
     pub fn failures(&self) -> Vec<(&str, &str)> {
@@ -201,14 +243,22 @@ impl Report {
     /// Panics with every failure listed unless every trial passed.
     pub fn assert_all_passed(&self) {
         let failures = self.failures();
-        let ignored: Vec<_> = self.results.iter().filter(|(_, o)| matches!(o, Outcome::Ignored(_))).collect();
+        let ignored: Vec<_> = self
+            .results
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Ignored(_)))
+            .collect();
         assert!(
             failures.is_empty() && ignored.is_empty() && !self.results.is_empty(),
             "conformance: {} passed, {} failed, {} ignored\n{}",
             self.passed(),
             failures.len(),
             ignored.len(),
-            failures.iter().map(|(n, m)| format!("  {n}: {m}")).collect::<Vec<_>>().join("\n")
+            failures
+                .iter()
+                .map(|(n, m)| format!("  {n}: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 }
@@ -257,7 +307,15 @@ macro_rules! ok {
     ($e:expr) => {
         match $e {
             Ok(v) => v,
-            Err(e) => return Err(format!("{} failed: {:?} (at {}:{})", stringify!($e), e, file!(), line!())),
+            Err(e) => {
+                return Err(format!(
+                    "{} failed: {:?} (at {}:{})",
+                    stringify!($e),
+                    e,
+                    file!(),
+                    line!()
+                ))
+            }
         }
     };
 }
@@ -267,11 +325,28 @@ macro_rules! ok {
 macro_rules! expect_class {
     ($e:expr, $class:expr) => {
         match $e {
-            Ok(v) => return Err(format!("{} succeeded with {:?}; expected a {:?} error (at {}:{})", stringify!($e), v, $class, file!(), line!())),
+            Ok(v) => {
+                return Err(format!(
+                    "{} succeeded with {:?}; expected a {:?} error (at {}:{})",
+                    stringify!($e),
+                    v,
+                    $class,
+                    file!(),
+                    line!()
+                ))
+            }
             Err(err) => {
                 let got = switchboard_ports::Classify::class(&err);
                 if got != $class {
-                    return Err(format!("{} failed as {:?} ({}); expected {:?} (at {}:{})", stringify!($e), got, err, $class, file!(), line!()));
+                    return Err(format!(
+                        "{} failed as {:?} ({}); expected {:?} (at {}:{})",
+                        stringify!($e),
+                        got,
+                        err,
+                        $class,
+                        file!(),
+                        line!()
+                    ));
                 }
             }
         }

@@ -20,8 +20,16 @@ pub struct PortSuite {
 
 impl PortSuite {
     /// Builds a suite from typed cases and implementations.
-    pub fn new<F: Send + 'static>(port: PortId, cases: Vec<Case<F>>, implementations: Vec<Implementation<F>>, catalog: &'static [CatalogEntry]) -> Self {
-        let trials = implementations.iter().flat_map(|i| trials(port, i, &cases)).collect();
+    pub fn new<F: Send + 'static>(
+        port: PortId,
+        cases: Vec<Case<F>>,
+        implementations: Vec<Implementation<F>>,
+        catalog: &'static [CatalogEntry],
+    ) -> Self {
+        let trials = implementations
+            .iter()
+            .flat_map(|i| trials(port, i, &cases))
+            .collect();
         PortSuite {
             port,
             cases: cases.iter().map(|c| c.name).collect(),
@@ -78,10 +86,30 @@ pub struct Waiver {
 
 /// Every exception to "each port ships a full bundle". This table must shrink to empty.
 pub const WAIVERS: &[Waiver] = &[
-    Waiver { port: PortId::SandboxProvider, part: Part::RealAdapter, reason: "local-process sandbox provider", issue: 5 },
-    Waiver { port: PortId::AgentDriver, part: Part::RealAdapter, reason: "ACP agent driver over stdio", issue: 5 },
-    Waiver { port: PortId::ModelGateway, part: Part::RealAdapter, reason: "direct BYOK model gateway", issue: 5 },
-    Waiver { port: PortId::RepoHost, part: Part::RealAdapter, reason: "a git-backed repo host (local git, then GitHub App)", issue: 5 },
+    Waiver {
+        port: PortId::SandboxProvider,
+        part: Part::RealAdapter,
+        reason: "local-process sandbox provider",
+        issue: 5,
+    },
+    Waiver {
+        port: PortId::AgentDriver,
+        part: Part::RealAdapter,
+        reason: "ACP agent driver over stdio",
+        issue: 5,
+    },
+    Waiver {
+        port: PortId::ModelGateway,
+        part: Part::RealAdapter,
+        reason: "direct BYOK model gateway",
+        issue: 5,
+    },
+    Waiver {
+        port: PortId::RepoHost,
+        part: Part::RealAdapter,
+        reason: "a git-backed repo host (local git, then GitHub App)",
+        issue: 5,
+    },
 ];
 
 /// Renders the waivers as a table, printed on every conformance run.
@@ -91,7 +119,13 @@ pub fn waivers_table(waivers: &[Waiver]) -> String {
     }
     let mut out = format!("WAIVERS ({}):\n", waivers.len());
     for w in waivers {
-        out.push_str(&format!("  {:<18} {:<13} issue #{:<3} {}\n", w.port.name(), format!("{:?}", w.part), w.issue, w.reason));
+        out.push_str(&format!(
+            "  {:<18} {:<13} issue #{:<3} {}\n",
+            w.port.name(),
+            format!("{:?}", w.part),
+            w.issue,
+            w.reason
+        ));
     }
     out
 }

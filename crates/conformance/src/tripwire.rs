@@ -20,7 +20,11 @@ impl From<&PortSuite> for SuiteView {
     fn from(s: &PortSuite) -> Self {
         SuiteView {
             cases: s.cases.iter().map(|c| c.to_string()).collect(),
-            implementations: s.implementations.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
+            implementations: s
+                .implementations
+                .iter()
+                .map(|(n, k)| (n.to_string(), *k))
+                .collect(),
             catalog: s.catalog.iter().map(|e| e.name()).collect(),
         }
     }
@@ -55,7 +59,11 @@ pub fn check(view: &RegistryView) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut flag = |port: PortId, problem: String| out.push(Violation { port, problem });
     for port in PortId::ALL {
-        let waived = |part: Part| view.waivers.iter().any(|w| w.port == port && w.part == part);
+        let waived = |part: Part| {
+            view.waivers
+                .iter()
+                .any(|w| w.port == port && w.part == part)
+        };
         let Some(suite) = view.suites.get(&port) else {
             flag(port, "no suite is registered".into());
             continue;
@@ -83,25 +91,50 @@ pub fn check(view: &RegistryView) -> Vec<Violation> {
         }
         for entry in &suite.catalog {
             if !view.disruptions.contains(&(port, entry.clone())) {
-                flag(port, format!("catalogued fault `{entry}` has no disruption case"));
+                flag(
+                    port,
+                    format!("catalogued fault `{entry}` has no disruption case"),
+                );
             }
         }
-        let bullets: BTreeSet<&String> = view.contract_bullets.get(&port).map(|b| b.iter().collect()).unwrap_or_default();
+        let bullets: BTreeSet<&String> = view
+            .contract_bullets
+            .get(&port)
+            .map(|b| b.iter().collect())
+            .unwrap_or_default();
         if bullets.is_empty() {
-            flag(port, format!("the `{}` trait has no `# Contract` bullets", port.info().trait_name));
+            flag(
+                port,
+                format!(
+                    "the `{}` trait has no `# Contract` bullets",
+                    port.info().trait_name
+                ),
+            );
         }
         let cases: BTreeSet<&String> = suite.cases.iter().collect();
         for b in bullets.difference(&cases) {
-            flag(port, format!("`# Contract` names case `{b}`, which does not exist"));
+            flag(
+                port,
+                format!("`# Contract` names case `{b}`, which does not exist"),
+            );
         }
         for c in cases.difference(&bullets) {
-            flag(port, format!("case `{c}` is not named in the trait's `# Contract`"));
+            flag(
+                port,
+                format!("case `{c}` is not named in the trait's `# Contract`"),
+            );
         }
     }
     for (port, entry) in &view.disruptions {
-        let catalogued = view.suites.get(port).is_some_and(|s| s.catalog.contains(entry));
+        let catalogued = view
+            .suites
+            .get(port)
+            .is_some_and(|s| s.catalog.contains(entry));
         if !catalogued {
-            out.push(Violation { port: *port, problem: format!("disruption case `{entry}` matches no catalogued fault") });
+            out.push(Violation {
+                port: *port,
+                problem: format!("disruption case `{entry}` matches no catalogued fault"),
+            });
         }
     }
     out
@@ -122,7 +155,10 @@ pub fn contract_bullets(source: &str) -> BTreeMap<String, Vec<String>> {
             continue;
         }
         if let Some(rest) = t.strip_prefix("pub trait ") {
-            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             let mut bullets = Vec::new();
             let mut in_contract = false;
             for d in &doc {
@@ -177,7 +213,10 @@ pub trait RunLedger: Send + Sync {}
     #[test]
     fn parses_contract_bullets_only() {
         let b = contract_bullets(SRC);
-        assert_eq!(b["RunLedger"], vec!["record_then_get", "record_is_idempotent"]);
+        assert_eq!(
+            b["RunLedger"],
+            vec!["record_then_get", "record_is_idempotent"]
+        );
     }
 
     fn whole_registry() -> RegistryView {
@@ -187,7 +226,10 @@ pub trait RunLedger: Send + Sync {}
                 p,
                 SuiteView {
                     cases: vec!["a".into(), "b".into()],
-                    implementations: vec![("in_memory".into(), ImplKind::Fake), ("real".into(), ImplKind::Adapter)],
+                    implementations: vec![
+                        ("in_memory".into(), ImplKind::Fake),
+                        ("real".into(), ImplKind::Adapter),
+                    ],
                     catalog: vec!["unavailable@x".into()],
                 },
             );
@@ -205,7 +247,11 @@ pub trait RunLedger: Send + Sync {}
     #[test]
     fn removing_a_fake_trips() {
         let mut v = whole_registry();
-        v.suites.get_mut(&PortId::RunLedger).unwrap().implementations.retain(|(_, k)| *k != ImplKind::Fake);
+        v.suites
+            .get_mut(&PortId::RunLedger)
+            .unwrap()
+            .implementations
+            .retain(|(_, k)| *k != ImplKind::Fake);
         let got = check(&v);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].port, PortId::RunLedger);
@@ -215,11 +261,25 @@ pub trait RunLedger: Send + Sync {}
     #[test]
     fn missing_adapter_trips_unless_waived_and_stale_waiver_trips() {
         let mut v = whole_registry();
-        v.suites.get_mut(&PortId::Clock).unwrap().implementations.retain(|(_, k)| *k != ImplKind::Adapter);
+        v.suites
+            .get_mut(&PortId::Clock)
+            .unwrap()
+            .implementations
+            .retain(|(_, k)| *k != ImplKind::Adapter);
         assert_eq!(check(&v).len(), 1);
-        v.waivers.push(Waiver { port: PortId::Clock, part: Part::RealAdapter, reason: "r", issue: 1 });
+        v.waivers.push(Waiver {
+            port: PortId::Clock,
+            part: Part::RealAdapter,
+            reason: "r",
+            issue: 1,
+        });
         assert_eq!(check(&v), vec![]);
-        v.waivers.push(Waiver { port: PortId::AuditLog, part: Part::RealAdapter, reason: "r", issue: 1 });
+        v.waivers.push(Waiver {
+            port: PortId::AuditLog,
+            part: Part::RealAdapter,
+            reason: "r",
+            issue: 1,
+        });
         let got = check(&v);
         assert_eq!(got.len(), 1);
         assert!(got[0].problem.contains("remove the waiver"));
@@ -228,16 +288,44 @@ pub trait RunLedger: Send + Sync {}
     #[test]
     fn contract_mismatch_uncovered_fault_and_missing_suite_trip() {
         let mut v = whole_registry();
-        v.contract_bullets.get_mut(&PortId::SecretVault).unwrap().push("ghost".into());
-        v.disruptions.remove(&(PortId::EventBus, "unavailable@x".into()));
+        v.contract_bullets
+            .get_mut(&PortId::SecretVault)
+            .unwrap()
+            .push("ghost".into());
+        v.disruptions
+            .remove(&(PortId::EventBus, "unavailable@x".into()));
         v.suites.remove(&PortId::RepoHost);
-        v.suites.get_mut(&PortId::PriceBook).unwrap().catalog.clear();
+        v.suites
+            .get_mut(&PortId::PriceBook)
+            .unwrap()
+            .catalog
+            .clear();
         let got = check(&v);
         let text: Vec<String> = got.iter().map(|v| v.to_string()).collect();
-        assert!(text.iter().any(|t| t.starts_with("secret_vault") && t.contains("ghost")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("event_bus") && t.contains("no disruption case")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("repo_host") && t.contains("no suite")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("price_book") && t.contains("empty fault catalog")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("price_book") && t.contains("matches no catalogued fault")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("secret_vault") && t.contains("ghost")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("event_bus") && t.contains("no disruption case")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("repo_host") && t.contains("no suite")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("price_book") && t.contains("empty fault catalog")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("price_book") && t.contains("matches no catalogued fault")),
+            "{text:?}"
+        );
     }
 }

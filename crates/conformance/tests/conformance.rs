@@ -29,7 +29,14 @@ fn ports_sources() -> Vec<String> {
     out
 }
 
-fn record(results: &Results, kind: &str, port: &str, implementation: &str, case: &str, outcome: &Outcome) {
+fn record(
+    results: &Results,
+    kind: &str,
+    port: &str,
+    implementation: &str,
+    case: &str,
+    outcome: &Outcome,
+) {
     let (status, detail) = match outcome {
         Outcome::Passed => ("passed", String::new()),
         Outcome::Failed(m) => ("failed", m.clone()),
@@ -63,8 +70,14 @@ fn main() {
     let suites = all_suites();
     let disruptions = disruption::cases();
     let mut view = RegistryView {
-        suites: suites.iter().map(|s| (s.port, SuiteView::from(s))).collect(),
-        disruptions: disruptions.iter().map(|d| (d.port, d.entry.clone())).collect(),
+        suites: suites
+            .iter()
+            .map(|s| (s.port, SuiteView::from(s)))
+            .collect(),
+        disruptions: disruptions
+            .iter()
+            .map(|d| (d.port, d.entry.clone()))
+            .collect(),
         waivers: WAIVERS.to_vec(),
         contract_bullets: tripwire::contract_bullets_of_ports(&ports_sources()),
     };
@@ -83,7 +96,8 @@ fn main() {
     for suite in suites {
         for t in suite.trials {
             let name = t.name();
-            let (port, implementation, case, kind) = (t.port.name(), t.implementation, t.case, t.kind);
+            let (port, implementation, case, kind) =
+                (t.port.name(), t.implementation, t.case, t.kind);
             let unavailable = t.unavailable.clone();
             if let (Some(reason), false, false) = (&unavailable, ci, args.list) {
                 println!("ignored: {name} — {reason}");
@@ -92,8 +106,13 @@ fn main() {
             let run = t.run;
             trials.push(
                 Trial::test(name, move || {
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| Outcome::Failed(panic_message(&p)));
-                    let kind = if kind == ImplKind::Fake { "fake" } else { "adapter" };
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                        .unwrap_or_else(|p| Outcome::Failed(panic_message(&p)));
+                    let kind = if kind == ImplKind::Fake {
+                        "fake"
+                    } else {
+                        "adapter"
+                    };
                     record(&results, kind, port, implementation, case, &outcome);
                     to_libtest(outcome, ci)
                 })
@@ -105,11 +124,15 @@ fn main() {
         let results = results.clone();
         let (port, entry) = (d.port.name(), d.entry.clone());
         let run = d.run;
-        trials.push(Trial::test(format!("disruption::{port}::{entry}"), move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|p| Outcome::Failed(panic_message(&p)));
-            record(&results, "disruption", port, "lifecycle", &entry, &outcome);
-            to_libtest(outcome, ci)
-        }));
+        trials.push(Trial::test(
+            format!("disruption::{port}::{entry}"),
+            move || {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+                    .unwrap_or_else(|p| Outcome::Failed(panic_message(&p)));
+                record(&results, "disruption", port, "lifecycle", &entry, &outcome);
+                to_libtest(outcome, ci)
+            },
+        ));
     }
     let tripwire_view = std::mem::take(&mut view);
     trials.push(Trial::test("tripwire::registry", move || {
@@ -117,14 +140,27 @@ fn main() {
         if violations.is_empty() {
             Ok(())
         } else {
-            Err(format!("{} violation(s):\n  {}", violations.len(), violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n  ")).into())
+            Err(format!(
+                "{} violation(s):\n  {}",
+                violations.len(),
+                violations
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            )
+            .into())
         }
     }));
 
     let conclusion = libtest_mimic::run(&args, trials);
     if let Some(path) = report_path {
         let report = json!({"metadata": metadata, "results": *results.lock().unwrap()});
-        std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("the report serializes")).expect("the report path is writable");
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&report).expect("the report serializes"),
+        )
+        .expect("the report path is writable");
     }
     conclusion.exit();
 }

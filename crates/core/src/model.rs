@@ -106,10 +106,22 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_route() {
         assert_eq!(ModelRef::parse(""), Err(ModelRefError::Missing));
-        assert!(matches!(ModelRef::parse("gpt-4o"), Err(ModelRefError::MissingProvider(_))));
-        assert!(matches!(ModelRef::parse("openai/"), Err(ModelRefError::EmptyModel(_))));
-        assert!(matches!(ModelRef::parse("/gpt"), Err(ModelRefError::InvalidProvider(_))));
-        assert!(matches!(ModelRef::parse("Open AI/gpt"), Err(ModelRefError::InvalidProvider(_))));
+        assert!(matches!(
+            ModelRef::parse("gpt-4o"),
+            Err(ModelRefError::MissingProvider(_))
+        ));
+        assert!(matches!(
+            ModelRef::parse("openai/"),
+            Err(ModelRefError::EmptyModel(_))
+        ));
+        assert!(matches!(
+            ModelRef::parse("/gpt"),
+            Err(ModelRefError::InvalidProvider(_))
+        ));
+        assert!(matches!(
+            ModelRef::parse("Open AI/gpt"),
+            Err(ModelRefError::InvalidProvider(_))
+        ));
         assert!(serde_json::from_str::<ModelRef>("\"gpt-4o\"").is_err());
     }
 }

@@ -78,7 +78,10 @@ pub struct RunRecord {
 impl RunRecord {
     /// The record without its events (the list form of `GET /v1/runs`).
     pub fn summary(&self) -> RunRecord {
-        RunRecord { events: Vec::new(), ..self.clone() }
+        RunRecord {
+            events: Vec::new(),
+            ..self.clone()
+        }
     }
 }
 
@@ -104,11 +107,41 @@ mod tests {
 
     #[test]
     fn cost_rounds_up_and_scales() {
-        let p = Price { input_per_mtok_micros: 3_000_000, output_per_mtok_micros: 15_000_000 };
-        assert_eq!(p.cost_micros(Usage { input_tokens: 1_000_000, output_tokens: 0 }), 3_000_000);
-        assert_eq!(p.cost_micros(Usage { input_tokens: 1, output_tokens: 0 }), 3);
-        assert_eq!(p.cost_micros(Usage { input_tokens: 0, output_tokens: 0 }), 0);
-        let cheap = Price { input_per_mtok_micros: 1, output_per_mtok_micros: 1 };
-        assert_eq!(cheap.cost_micros(Usage { input_tokens: 1, output_tokens: 1 }), 1);
+        let p = Price {
+            input_per_mtok_micros: 3_000_000,
+            output_per_mtok_micros: 15_000_000,
+        };
+        assert_eq!(
+            p.cost_micros(Usage {
+                input_tokens: 1_000_000,
+                output_tokens: 0
+            }),
+            3_000_000
+        );
+        assert_eq!(
+            p.cost_micros(Usage {
+                input_tokens: 1,
+                output_tokens: 0
+            }),
+            3
+        );
+        assert_eq!(
+            p.cost_micros(Usage {
+                input_tokens: 0,
+                output_tokens: 0
+            }),
+            0
+        );
+        let cheap = Price {
+            input_per_mtok_micros: 1,
+            output_per_mtok_micros: 1,
+        };
+        assert_eq!(
+            cheap.cost_micros(Usage {
+                input_tokens: 1,
+                output_tokens: 1
+            }),
+            1
+        );
     }
 }

@@ -21,7 +21,12 @@ impl Scope {
     /// The scopes an org member gets by default.
     pub const MEMBER: &'static [Scope] = &[Scope::Sessions, Scope::Credentials, Scope::ApiKeys];
     /// Every scope.
-    pub const ALL: &'static [Scope] = &[Scope::Sessions, Scope::Credentials, Scope::ApiKeys, Scope::Admin];
+    pub const ALL: &'static [Scope] = &[
+        Scope::Sessions,
+        Scope::Credentials,
+        Scope::ApiKeys,
+        Scope::Admin,
+    ];
 }
 
 /// Who made a request, as established by an `Authenticator` from a verified credential.
@@ -36,8 +41,18 @@ pub struct Principal {
 impl Principal {
     /// Builds a principal. Only an `Authenticator` that has just verified a credential (or the
     /// operator CLI acting on the server's own data) may call this; everything downstream trusts it.
-    pub fn from_verified_credential(org: OrgId, user: UserId, api_key_id: Option<ApiKeyId>, scopes: Vec<Scope>) -> Self {
-        Principal { org, user, api_key_id, scopes }
+    pub fn from_verified_credential(
+        org: OrgId,
+        user: UserId,
+        api_key_id: Option<ApiKeyId>,
+        scopes: Vec<Scope>,
+    ) -> Self {
+        Principal {
+            org,
+            user,
+            api_key_id,
+            scopes,
+        }
     }
 
     pub fn org(&self) -> &OrgId {
@@ -64,7 +79,9 @@ impl Principal {
 
     /// The tenant this principal acts for.
     pub fn tenant(&self) -> TenantContext {
-        TenantContext { org: self.org.clone() }
+        TenantContext {
+            org: self.org.clone(),
+        }
     }
 
     /// Who to attribute work to in run records and audit entries.
@@ -90,7 +107,10 @@ impl TenantContext {
     /// The key of one of this tenant's sessions. The org part always comes from the tenant, so a
     /// request can never name another org's actor.
     pub fn session(&self, session: SessionId) -> SessionKey {
-        SessionKey { org: self.org.clone(), session }
+        SessionKey {
+            org: self.org.clone(),
+            session,
+        }
     }
 }
 
@@ -132,7 +152,9 @@ impl SessionKey {
     /// its BYOK key for a run, recording its runs). Every actor was created from a tenant context;
     /// a key built for a sandbox dial-back reaches an actor only after the sandbox token is checked.
     pub fn tenant(&self) -> TenantContext {
-        TenantContext { org: self.org.clone() }
+        TenantContext {
+            org: self.org.clone(),
+        }
     }
 
     /// Whether this key belongs to `tenant`.
@@ -162,7 +184,12 @@ mod tests {
         let key = p.tenant().session(SessionId::parse("s1").unwrap());
         assert_eq!(key.to_string(), "o1:s1");
         assert!(key.belongs_to(&p.tenant()));
-        let other = Principal::from_verified_credential(OrgId::parse("o2").unwrap(), UserId::parse("u2").unwrap(), None, vec![]);
+        let other = Principal::from_verified_credential(
+            OrgId::parse("o2").unwrap(),
+            UserId::parse("u2").unwrap(),
+            None,
+            vec![],
+        );
         assert!(!key.belongs_to(&other.tenant()));
         assert!(!other.has(Scope::Sessions));
         assert!(p.has(Scope::Sessions) && !p.has(Scope::Admin));

@@ -30,7 +30,10 @@ impl Timestamp {
 
     /// This time plus a duration (saturating).
     pub fn add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis().min(u64::MAX as u128) as u64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64),
+        )
     }
 
     /// The time elapsed from `earlier` to `self`, zero if `earlier` is later.
@@ -57,7 +60,13 @@ impl Timestamp {
     pub fn parse_rfc3339(s: &str) -> Result<Self, InvalidTimestamp> {
         let bad = || InvalidTimestamp(s.to_string());
         let b = s.as_bytes();
-        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return Err(bad());
         }
         let num = |r: std::ops::Range<usize>| -> Result<u64, InvalidTimestamp> {
@@ -69,7 +78,13 @@ impl Timestamp {
         };
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y as i64, mo as u32) || h > 23 || mi > 59 || se > 60 {
+        if !(1..=12).contains(&mo)
+            || d == 0
+            || d > days_in_month(y as i64, mo as u32)
+            || h > 23
+            || mi > 59
+            || se > 60
+        {
             return Err(bad());
         }
         let rest = &s[19..];
@@ -94,7 +109,9 @@ impl Timestamp {
             return Err(bad());
         }
         let days = days_from_civil(y as i64, mo as u32, d as u32) as u64;
-        Ok(Timestamp(((days * 86_400 + h * 3600 + mi * 60 + se) * 1000) + frac))
+        Ok(Timestamp(
+            ((days * 86_400 + h * 3600 + mi * 60 + se) * 1000) + frac,
+        ))
     }
 }
 
@@ -165,12 +182,24 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2026-11-24T05:41:07.250Z").unwrap();
         assert_eq!(t.as_millis(), 1_795_498_867_250);
         assert_eq!(t.to_rfc3339(), "2026-11-24T05:41:07.250Z");
-        assert_eq!(Timestamp::parse_rfc3339("2024-02-29T00:00:00Z").unwrap().to_rfc3339(), "2024-02-29T00:00:00.000Z");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2024-02-29T00:00:00Z")
+                .unwrap()
+                .to_rfc3339(),
+            "2024-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
     fn refuses_malformed() {
-        for s in ["", "2026-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T00:00:00.Z"] {
+        for s in [
+            "",
+            "2026-13-01T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00.Z",
+        ] {
             assert!(Timestamp::parse_rfc3339(s).is_err(), "{s}");
         }
     }

@@ -292,11 +292,19 @@ fn apply(w: &mut World, model: &mut Model, action: &Action) -> Result<(), TestCa
             prop_assert_eq!(w.session.attached_clients(), 0);
         }
         Action::StoreFails => {
-            let (durable, evictions, records) = (w.store.last_seq(), w.evictions, w.ledger.records.len());
-            w.input(Input::StoreFailed { failure: PortFailure::new(ErrorClass::Unavailable, "injected") }).unwrap();
+            let (durable, evictions, records) =
+                (w.store.last_seq(), w.evictions, w.ledger.records.len());
+            w.input(Input::StoreFailed {
+                failure: PortFailure::new(ErrorClass::Unavailable, "injected"),
+            })
+            .unwrap();
             w.drive();
             prop_assert_eq!(w.evictions, evictions + 1);
-            prop_assert_eq!(w.store.last_seq(), durable, "an evicted machine writes nothing");
+            prop_assert_eq!(
+                w.store.last_seq(),
+                durable,
+                "an evicted machine writes nothing"
+            );
             prop_assert_eq!(w.ledger.records.len(), records, "and records nothing");
             w.crash_and_restore();
         }

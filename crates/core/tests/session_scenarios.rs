@@ -983,8 +983,15 @@ fn store_failure_evicts_without_writing_and_the_store_state_resumes() {
     .unwrap();
     w.drive();
     assert_eq!(w.evictions, 1, "the machine asks to be dropped");
-    assert_eq!(w.store.last_seq(), durable_before, "nothing more is written");
-    assert!(w.ledger.records.is_empty(), "no ledger record of an outcome the store never saw");
+    assert_eq!(
+        w.store.last_seq(),
+        durable_before,
+        "nothing more is written"
+    );
+    assert!(
+        w.ledger.records.is_empty(),
+        "no ledger record of an outcome the store never saw"
+    );
     assert!(
         w.clients[&watcher]
             .received
@@ -996,11 +1003,19 @@ fn store_failure_evicts_without_writing_and_the_store_state_resumes() {
         rejected(w.prompt("r3", "hello?")),
         (ErrorClass::Unavailable, "session_evicted")
     );
-    assert_eq!(w.session.poll_deadline(), None, "an evicted machine arms no timer");
+    assert_eq!(
+        w.session.poll_deadline(),
+        None,
+        "an evicted machine arms no timer"
+    );
     // The shell drops the actor; the next request rebuilds it from the last durable state.
     w.crash_and_restore();
     assert_eq!(w.session.last_seq(), durable_before);
-    assert_eq!(w.session.queue_len() + usize::from(w.session.status() == SessionStatus::Running), 2, "both runs are still there");
+    assert_eq!(
+        w.session.queue_len() + usize::from(w.session.status() == SessionStatus::Running),
+        2,
+        "both runs are still there"
+    );
     queued(w.prompt("r3", "after the store healed"));
 }
 

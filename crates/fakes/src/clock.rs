@@ -38,7 +38,12 @@ impl InMemoryClock {
         let mut st = self.0.lock().unwrap();
         st.now = st.now.add(by);
         let now = st.now;
-        let due: Vec<_> = st.sleepers.keys().take_while(|(t, _)| *t <= now).copied().collect();
+        let due: Vec<_> = st
+            .sleepers
+            .keys()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
+            .collect();
         for k in due {
             if let Some(tx) = st.sleepers.remove(&k) {
                 let _ = tx.send(());
@@ -56,7 +61,13 @@ impl InMemoryClock {
 
     /// The earliest deadline anyone is sleeping until.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.0.lock().unwrap().sleepers.keys().next().map(|(t, _)| *t)
+        self.0
+            .lock()
+            .unwrap()
+            .sleepers
+            .keys()
+            .next()
+            .map(|(t, _)| *t)
     }
 
     /// How many tasks are sleeping.

@@ -599,7 +599,10 @@ mod tests {
 
         // The evicted runtime is gone; with the store back, the next request rebuilds the session
         // from its last durable state, where the refused prompt never happened.
-        assert!(!w.host.is_live(&w.principal.tenant().session(s1())), "the actor was dropped");
+        assert!(
+            !w.host.is_live(&w.principal.tenant().session(s1())),
+            "the actor was dropped"
+        );
         let queued = prompt(&w, "r-2").expect("the rebuilt session takes prompts");
         assert_eq!(queued.run_id.as_str(), "r-2");
         assert_eq!(queued.position, 0, "the refused prompt was never queued");

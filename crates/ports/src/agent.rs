@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use futures::channel::mpsc;
 use serde::{Deserialize, Serialize};
-use switchboard_core::protocol::{ErrorBody, Event, GatewayConfig, PermissionDecision, TerminalStatus, Turn, Usage};
+use switchboard_core::protocol::{
+    ErrorBody, Event, GatewayConfig, PermissionDecision, TerminalStatus, Turn, Usage,
+};
 use switchboard_core::run::Price;
 use switchboard_core::tenancy::TenantContext;
 use switchboard_core::{ModelRef, RequestId, RunId};
@@ -44,7 +46,11 @@ pub enum AgentUpdate {
     /// One of the agent event types: message.delta, thought.delta, tool_call, tool_result, plan.
     Event(Event),
     /// The agent asks permission; answer with [`AgentDriver::decide`]. The turn waits meanwhile.
-    Permission { request_id: RequestId, tool: String, input: serde_json::Value },
+    Permission {
+        request_id: RequestId,
+        tool: String,
+        input: serde_json::Value,
+    },
 }
 
 /// How a turn ended.
@@ -87,8 +93,17 @@ pub trait AgentDriver: Send + Sync {
         updates: mpsc::UnboundedSender<AgentUpdate>,
     ) -> Result<TurnOutcome, AgentDriverError>;
     async fn cancel(&self, session: &AgentSessionId) -> Result<(), AgentDriverError>;
-    async fn decide(&self, session: &AgentSessionId, request_id: &RequestId, decision: PermissionDecision) -> Result<(), AgentDriverError>;
-    async fn restore(&self, session: &AgentSessionId, turns: &[Turn]) -> Result<RestoreMode, AgentDriverError>;
+    async fn decide(
+        &self,
+        session: &AgentSessionId,
+        request_id: &RequestId,
+        decision: PermissionDecision,
+    ) -> Result<(), AgentDriverError>;
+    async fn restore(
+        &self,
+        session: &AgentSessionId,
+        turns: &[Turn],
+    ) -> Result<RestoreMode, AgentDriverError>;
     async fn stop(&self, session: &AgentSessionId) -> Result<(), AgentDriverError>;
 }
 
@@ -104,7 +119,12 @@ pub trait AgentDriver: Send + Sync {
 /// - `tenant_isolation`: one tenant's key never resolves for another tenant.
 #[async_trait]
 pub trait ModelGateway: Send + Sync {
-    async fn resolve(&self, tenant: &TenantContext, run: &RunId, model: &ModelRef) -> Result<GatewayConfig, ModelGatewayError>;
+    async fn resolve(
+        &self,
+        tenant: &TenantContext,
+        run: &RunId,
+        model: &ModelRef,
+    ) -> Result<GatewayConfig, ModelGatewayError>;
 }
 
 /// Prices of models, for `execution_complete.cost_micros`.

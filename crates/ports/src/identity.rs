@@ -139,8 +139,16 @@ pub trait IdentityStore: Send + Sync {
     async fn memberships(&self, user: &UserId) -> Result<Vec<Membership>, IdentityStoreError>;
     async fn create_api_key(&self, key: &NewApiKey) -> Result<(), IdentityStoreError>;
     async fn find_api_key(&self, hash: &TokenHash) -> Result<ApiKeyRecord, IdentityStoreError>;
-    async fn list_api_keys(&self, tenant: &TenantContext) -> Result<Vec<ApiKeyMeta>, IdentityStoreError>;
-    async fn revoke_api_key(&self, tenant: &TenantContext, id: &ApiKeyId, at: Timestamp) -> Result<(), IdentityStoreError>;
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<Vec<ApiKeyMeta>, IdentityStoreError>;
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantContext,
+        id: &ApiKeyId,
+        at: Timestamp,
+    ) -> Result<(), IdentityStoreError>;
     async fn create_login(&self, login: &LoginSession) -> Result<(), IdentityStoreError>;
     async fn find_login(&self, hash: &TokenHash) -> Result<LoginSession, IdentityStoreError>;
     async fn delete_login(&self, id: &LoginId) -> Result<(), IdentityStoreError>;
@@ -196,17 +204,36 @@ pub struct SealedSecret {
 /// - `invalid_provider_refused`: an empty or malformed provider name is `Invalid`.
 #[async_trait]
 pub trait SecretVault: Send + Sync {
-    async fn put(&self, tenant: &TenantContext, provider: &str, secret: &SecretString) -> Result<CredentialMeta, SecretVaultError>;
-    async fn open(&self, tenant: &TenantContext, provider: &str) -> Result<SecretString, SecretVaultError>;
+    async fn put(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+        secret: &SecretString,
+    ) -> Result<CredentialMeta, SecretVaultError>;
+    async fn open(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+    ) -> Result<SecretString, SecretVaultError>;
     async fn list(&self, tenant: &TenantContext) -> Result<Vec<CredentialMeta>, SecretVaultError>;
     async fn delete(&self, tenant: &TenantContext, provider: &str) -> Result<(), SecretVaultError>;
-    async fn export_sealed(&self, tenant: &TenantContext, provider: &str) -> Result<SealedSecret, SecretVaultError>;
-    async fn import_sealed(&self, tenant: &TenantContext, sealed: &SealedSecret) -> Result<(), SecretVaultError>;
+    async fn export_sealed(
+        &self,
+        tenant: &TenantContext,
+        provider: &str,
+    ) -> Result<SealedSecret, SecretVaultError>;
+    async fn import_sealed(
+        &self,
+        tenant: &TenantContext,
+        sealed: &SealedSecret,
+    ) -> Result<(), SecretVaultError>;
 }
 
 /// Checks a provider name: 1-64 characters of `[a-z0-9_.-]` (the part of a model ref before `/`).
 pub fn valid_provider(provider: &str) -> bool {
     !provider.is_empty()
         && provider.len() <= 64
-        && provider.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+        && provider
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
 }

@@ -22,10 +22,20 @@ pub use error::{Classify, FromClass};
 pub use registry::{Plane, PortId, PortInfo};
 pub use secret::SecretString;
 
-pub use agent::{AgentDriver, AgentDriverError, ModelGateway, ModelGatewayError, PriceBook, PriceBookError};
-pub use identity::{Authenticator, AuthenticatorError, IdentityStore, IdentityStoreError, SecretVault, SecretVaultError};
+pub use agent::{
+    AgentDriver, AgentDriverError, ModelGateway, ModelGatewayError, PriceBook, PriceBookError,
+};
+pub use identity::{
+    Authenticator, AuthenticatorError, IdentityStore, IdentityStoreError, SecretVault,
+    SecretVaultError,
+};
 pub use record::{AuditLog, AuditLogError, EventBus, EventBusError, RunLedger, RunLedgerError};
-pub use sandbox::{ArtifactStore, ArtifactStoreError, RepoHost, RepoHostError, SandboxProvider, SandboxProviderError};
-pub use session::{Clock, ClockError, SessionHost, SessionHostError, SessionStore, SessionStoreError};
+pub use sandbox::{
+    ArtifactStore, ArtifactStoreError, RepoHost, RepoHostError, SandboxProvider,
+    SandboxProviderError,
+};
+pub use session::{
+    Clock, ClockError, SessionHost, SessionHostError, SessionStore, SessionStoreError,
+};
 
 pub use switchboard_core as core;

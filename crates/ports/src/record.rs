@@ -60,7 +60,11 @@ pub struct RunQuery {
 pub trait RunLedger: Send + Sync {
     async fn record(&self, run: &RunRecord) -> Result<Recorded, RunLedgerError>;
     async fn get(&self, tenant: &TenantContext, run: &RunId) -> Result<RunRecord, RunLedgerError>;
-    async fn list(&self, tenant: &TenantContext, query: &RunQuery) -> Result<Vec<RunRecord>, RunLedgerError>;
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, RunLedgerError>;
 }
 
 /// An org-wide stream of session status changes, for dashboards.
@@ -73,7 +77,10 @@ pub trait RunLedger: Send + Sync {
 #[async_trait]
 pub trait EventBus: Send + Sync {
     async fn publish(&self, event: &OrgEvent) -> Result<(), EventBusError>;
-    async fn subscribe(&self, tenant: &TenantContext) -> Result<BoxStream<'static, OrgEvent>, EventBusError>;
+    async fn subscribe(
+        &self,
+        tenant: &TenantContext,
+    ) -> Result<BoxStream<'static, OrgEvent>, EventBusError>;
 }
 
 /// Security-relevant actions.
@@ -85,5 +92,9 @@ pub trait EventBus: Send + Sync {
 #[async_trait]
 pub trait AuditLog: Send + Sync {
     async fn append(&self, entry: &AuditEntry) -> Result<(), AuditLogError>;
-    async fn list(&self, tenant: &TenantContext, limit: usize) -> Result<Vec<AuditEntry>, AuditLogError>;
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, AuditLogError>;
 }

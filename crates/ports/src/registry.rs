@@ -17,7 +17,13 @@ pub enum Plane {
 }
 
 impl Plane {
-    pub const ALL: [Plane; 5] = [Plane::Identity, Plane::Session, Plane::Sandbox, Plane::Agent, Plane::Record];
+    pub const ALL: [Plane; 5] = [
+        Plane::Identity,
+        Plane::Session,
+        Plane::Sandbox,
+        Plane::Agent,
+        Plane::Record,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,23 +91,99 @@ impl PortId {
     pub fn info(self) -> PortInfo {
         use Plane::*;
         let (name, trait_name, plane, description) = match self {
-            PortId::IdentityStore => ("identity_store", "IdentityStore", Identity, "orgs, users, memberships, API keys (hashed), login sessions"),
-            PortId::Authenticator => ("authenticator", "Authenticator", Identity, "credential → principal; unknown, revoked, expired → unauthorized"),
-            PortId::SecretVault => ("secret_vault", "SecretVault", Identity, "BYOK provider keys sealed per tenant; never returned in clear"),
-            PortId::SessionStore => ("session_store", "SessionStore", Session, "a session actor's event log, snapshot and ledger outbox"),
-            PortId::SessionHost => ("session_host", "SessionHost", Session, "key → live actor: single writer, hibernation, timers, sockets"),
-            PortId::Clock => ("clock", "Clock", Session, "now() and timers, so every timeout is testable with virtual time"),
-            PortId::SandboxProvider => ("sandbox_provider", "SandboxProvider", Sandbox, "create / status / terminate / snapshot dev boxes"),
-            PortId::RepoHost => ("repo_host", "RepoHost", Sandbox, "short-lived clone tokens and file listings"),
-            PortId::ArtifactStore => ("artifact_store", "ArtifactStore", Sandbox, "blobs a run produces: logs, diffs, files"),
-            PortId::AgentDriver => ("agent_driver", "AgentDriver", Agent, "inside the bridge: start, prompt, stream, cancel a coding agent"),
-            PortId::ModelGateway => ("model_gateway", "ModelGateway", Agent, "model ref + tenant credential → endpoint, key and headers"),
-            PortId::PriceBook => ("price_book", "PriceBook", Agent, "usage → cost in micro-dollars"),
-            PortId::RunLedger => ("run_ledger", "RunLedger", Record, "durable, idempotent, tenant-scoped run history"),
-            PortId::EventBus => ("event_bus", "EventBus", Record, "org-wide stream of session status changes"),
+            PortId::IdentityStore => (
+                "identity_store",
+                "IdentityStore",
+                Identity,
+                "orgs, users, memberships, API keys (hashed), login sessions",
+            ),
+            PortId::Authenticator => (
+                "authenticator",
+                "Authenticator",
+                Identity,
+                "credential → principal; unknown, revoked, expired → unauthorized",
+            ),
+            PortId::SecretVault => (
+                "secret_vault",
+                "SecretVault",
+                Identity,
+                "BYOK provider keys sealed per tenant; never returned in clear",
+            ),
+            PortId::SessionStore => (
+                "session_store",
+                "SessionStore",
+                Session,
+                "a session actor's event log, snapshot and ledger outbox",
+            ),
+            PortId::SessionHost => (
+                "session_host",
+                "SessionHost",
+                Session,
+                "key → live actor: single writer, hibernation, timers, sockets",
+            ),
+            PortId::Clock => (
+                "clock",
+                "Clock",
+                Session,
+                "now() and timers, so every timeout is testable with virtual time",
+            ),
+            PortId::SandboxProvider => (
+                "sandbox_provider",
+                "SandboxProvider",
+                Sandbox,
+                "create / status / terminate / snapshot dev boxes",
+            ),
+            PortId::RepoHost => (
+                "repo_host",
+                "RepoHost",
+                Sandbox,
+                "short-lived clone tokens and file listings",
+            ),
+            PortId::ArtifactStore => (
+                "artifact_store",
+                "ArtifactStore",
+                Sandbox,
+                "blobs a run produces: logs, diffs, files",
+            ),
+            PortId::AgentDriver => (
+                "agent_driver",
+                "AgentDriver",
+                Agent,
+                "inside the bridge: start, prompt, stream, cancel a coding agent",
+            ),
+            PortId::ModelGateway => (
+                "model_gateway",
+                "ModelGateway",
+                Agent,
+                "model ref + tenant credential → endpoint, key and headers",
+            ),
+            PortId::PriceBook => (
+                "price_book",
+                "PriceBook",
+                Agent,
+                "usage → cost in micro-dollars",
+            ),
+            PortId::RunLedger => (
+                "run_ledger",
+                "RunLedger",
+                Record,
+                "durable, idempotent, tenant-scoped run history",
+            ),
+            PortId::EventBus => (
+                "event_bus",
+                "EventBus",
+                Record,
+                "org-wide stream of session status changes",
+            ),
             PortId::AuditLog => ("audit_log", "AuditLog", Record, "security-relevant actions"),
         };
-        PortInfo { id: self, name, trait_name, plane, description }
+        PortInfo {
+            id: self,
+            name,
+            trait_name,
+            plane,
+            description,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -135,7 +217,10 @@ mod tests {
         let names: HashSet<_> = PortId::ALL.iter().map(|p| p.name()).collect();
         assert_eq!(names.len(), 15);
         for plane in Plane::ALL {
-            assert!(PortId::ALL.iter().any(|p| p.plane() == plane), "{plane:?} has no port");
+            assert!(
+                PortId::ALL.iter().any(|p| p.plane() == plane),
+                "{plane:?} has no port"
+            );
         }
         for p in PortId::ALL {
             assert_eq!(PortId::from_name(p.name()), Some(p));

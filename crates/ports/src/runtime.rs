@@ -870,7 +870,6 @@ async fn landed(store: &dyn SessionStore, key: &SessionKey, commit: &Commit) -> 
     matches!(store.events(key, last.seq - 1, 1).await, Ok(page) if page.first() == Some(last))
 }
 
-
 fn rejection(class: ErrorClass, code: &'static str, message: impl Into<String>) -> Rejection {
     Rejection {
         class,

@@ -66,8 +66,16 @@ pub struct RepoToken {
 /// - `clone_token_expires`: clone tokens carry an expiry in the future.
 #[async_trait]
 pub trait RepoHost: Send + Sync {
-    async fn clone_token(&self, tenant: &TenantContext, repo: &RepoSpec) -> Result<RepoToken, RepoHostError>;
-    async fn list_files(&self, tenant: &TenantContext, repo: &RepoSpec) -> Result<Vec<String>, RepoHostError>;
+    async fn clone_token(
+        &self,
+        tenant: &TenantContext,
+        repo: &RepoSpec,
+    ) -> Result<RepoToken, RepoHostError>;
+    async fn list_files(
+        &self,
+        tenant: &TenantContext,
+        repo: &RepoSpec,
+    ) -> Result<Vec<String>, RepoHostError>;
 }
 
 /// The address of one artifact, always within a tenant and session.
@@ -99,10 +107,27 @@ pub struct ArtifactMeta {
 /// - `delete_removes`: after delete, get is `NotFound`.
 #[async_trait]
 pub trait ArtifactStore: Send + Sync {
-    async fn put(&self, tenant: &TenantContext, key: &ArtifactKey, bytes: Vec<u8>) -> Result<ArtifactMeta, ArtifactStoreError>;
-    async fn get(&self, tenant: &TenantContext, key: &ArtifactKey) -> Result<Vec<u8>, ArtifactStoreError>;
-    async fn list(&self, tenant: &TenantContext, session: &SessionId) -> Result<Vec<ArtifactMeta>, ArtifactStoreError>;
-    async fn delete(&self, tenant: &TenantContext, key: &ArtifactKey) -> Result<(), ArtifactStoreError>;
+    async fn put(
+        &self,
+        tenant: &TenantContext,
+        key: &ArtifactKey,
+        bytes: Vec<u8>,
+    ) -> Result<ArtifactMeta, ArtifactStoreError>;
+    async fn get(
+        &self,
+        tenant: &TenantContext,
+        key: &ArtifactKey,
+    ) -> Result<Vec<u8>, ArtifactStoreError>;
+    async fn list(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<Vec<ArtifactMeta>, ArtifactStoreError>;
+    async fn delete(
+        &self,
+        tenant: &TenantContext,
+        key: &ArtifactKey,
+    ) -> Result<(), ArtifactStoreError>;
 }
 
 /// Checks an artifact name: relative, no `..`, no empty segment, at most 512 bytes.
@@ -111,5 +136,7 @@ pub fn valid_artifact_name(name: &str) -> bool {
         && name.len() <= 512
         && !name.starts_with('/')
         && !name.contains('\\')
-        && name.split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
+        && name
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != ".." && seg != ".")
 }

@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use futures::channel::mpsc;
 use serde::{Deserialize, Serialize};
-use switchboard_core::protocol::{ClientMessage, EventEnvelope, RepoSpec, SandboxMessage, ServerFrame, ServerToSandbox};
+use switchboard_core::protocol::{
+    ClientMessage, EventEnvelope, RepoSpec, SandboxMessage, ServerFrame, ServerToSandbox,
+};
 use switchboard_core::session::{Commit, Persisted, SessionInfo};
 use switchboard_core::tenancy::{Principal, SessionKey, TenantContext};
 use switchboard_core::{ClientMsgId, ConnId, ModelRef, OrgId, RunId, SessionId, Timestamp};
@@ -45,7 +47,12 @@ crate::port_error!(
 pub trait SessionStore: Send + Sync {
     async fn commit(&self, key: &SessionKey, commit: &Commit) -> Result<(), SessionStoreError>;
     async fn load(&self, key: &SessionKey) -> Result<Option<Persisted>, SessionStoreError>;
-    async fn events(&self, key: &SessionKey, after: u64, limit: usize) -> Result<Vec<EventEnvelope>, SessionStoreError>;
+    async fn events(
+        &self,
+        key: &SessionKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, SessionStoreError>;
     async fn list(&self, org: &OrgId) -> Result<Vec<SessionId>, SessionStoreError>;
 }
 
@@ -143,15 +150,52 @@ pub struct SandboxLink {
 /// - `list_is_tenant_scoped`: `list` returns only the tenant's sessions.
 #[async_trait]
 pub trait SessionHost: Send + Sync {
-    async fn create(&self, principal: &Principal, request: CreateSession) -> Result<SessionInfo, SessionHostError>;
-    async fn info(&self, tenant: &TenantContext, session: &SessionId) -> Result<SessionInfo, SessionHostError>;
+    async fn create(
+        &self,
+        principal: &Principal,
+        request: CreateSession,
+    ) -> Result<SessionInfo, SessionHostError>;
+    async fn info(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<SessionInfo, SessionHostError>;
     async fn list(&self, tenant: &TenantContext) -> Result<Vec<SessionInfo>, SessionHostError>;
-    async fn prompt(&self, principal: &Principal, session: &SessionId, request: PromptRequest) -> Result<Queued, SessionHostError>;
-    async fn cancel(&self, tenant: &TenantContext, session: &SessionId, run: Option<RunId>) -> Result<(), SessionHostError>;
-    async fn close(&self, tenant: &TenantContext, session: &SessionId) -> Result<(), SessionHostError>;
-    async fn events(&self, tenant: &TenantContext, session: &SessionId, after: u64, limit: usize) -> Result<EventPage, SessionHostError>;
-    async fn attach_client(&self, principal: &Principal, session: &SessionId, after: Option<u64>) -> Result<ClientLink, SessionHostError>;
+    async fn prompt(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        request: PromptRequest,
+    ) -> Result<Queued, SessionHostError>;
+    async fn cancel(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+        run: Option<RunId>,
+    ) -> Result<(), SessionHostError>;
+    async fn close(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+    ) -> Result<(), SessionHostError>;
+    async fn events(
+        &self,
+        tenant: &TenantContext,
+        session: &SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, SessionHostError>;
+    async fn attach_client(
+        &self,
+        principal: &Principal,
+        session: &SessionId,
+        after: Option<u64>,
+    ) -> Result<ClientLink, SessionHostError>;
     /// The sandbox route names org and session; the token (in clear, as presented) is checked by the
     /// actor against its stored hash.
-    async fn attach_sandbox(&self, key: &SessionKey, token: &crate::SecretString) -> Result<SandboxLink, SessionHostError>;
+    async fn attach_sandbox(
+        &self,
+        key: &SessionKey,
+        token: &crate::SecretString,
+    ) -> Result<SandboxLink, SessionHostError>;
 }

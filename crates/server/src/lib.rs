@@ -5,10 +5,16 @@
 //! authenticates, checks scopes, mints ids and maps errors; sessions are the core's business.
 
 pub mod app;
+pub mod cli;
+pub mod config;
 pub mod db;
+pub mod deployment;
+pub mod http;
 pub mod journey;
+pub mod metered;
 pub mod mint;
 pub mod scripted;
+pub mod serve;
 pub mod stack;
 
 pub use app::{ApiError, App};

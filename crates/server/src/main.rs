@@ -1,6 +1,6 @@
 //! The `switchboard` binary: `demo` runs the whole session lifecycle in-process and prints it;
-//! `ports` prints the registry of ports; `migrate` applies the schema. (`serve`, `admin` and
-//! `doctor` arrive with the server issue.)
+//! `serve` runs the server; `ports` prints the registry of ports; `migrate` applies the schema;
+//! `admin`, `doctor` and `session` are in `switchboard_server::cli`.
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
@@ -14,7 +14,11 @@ use switchboard_server::journey::{journey, MODEL};
 use switchboard_server::stack::InMemoryStack;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "A control plane for hosted coding agents")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A control plane for hosted coding agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +29,9 @@ enum Command {
     /// Run one session end to end in this process (in-memory ports, the tokio session host, a
     /// scripted sandbox) and print every event as the client receives it, then the ledger's runs.
     Demo,
+    /// Run the server (HTTP API, client and sandbox WebSockets). With no configuration: the
+    /// embedded default, SQLite under ./switchboard-data, on 127.0.0.1:8080.
+    Serve(switchboard_server::config::ServeConfig),
     /// List the fifteen ports by plane.
     Ports,
     /// Apply the database schema migrations (idempotent). Postgres when `DATABASE_URL` is set,
@@ -32,35 +39,97 @@ enum Command {
     /// refused.
     Migrate {
         /// Where the embedded default keeps its data.
-        #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./switchboard-data")]
+        #[arg(
+            long,
+            env = "SWITCHBOARD_DATA_DIR",
+            default_value = "./switchboard-data"
+        )]
         data_dir: std::path::PathBuf,
     },
+    /// Operator commands on the deployment's data (`admin create-org NAME [--email EMAIL]`).
+    #[command(subcommand)]
+    Admin(switchboard_server::cli::admin::AdminCommand),
+    /// Read-only health check of configuration, data directory, database, migrations, master key
+    /// and sandbox provider; one line per check. Exit code 0 when nothing failed.
+    Doctor(switchboard_server::cli::doctor::DoctorArgs),
+    /// A terminal client of a running server: `session new|prompt|tail|list`.
+    Session(switchboard_server::cli::client::SessionArgs),
 }
 
 fn print_frame(frame: &ServerFrame) {
-    println!("  <- {}", serde_json::to_string(frame).expect("frames serialize"));
+    println!(
+        "  <- {}",
+        serde_json::to_string(frame).expect("frames serialize")
+    );
 }
 
 async fn demo() -> Result<(), String> {
-    let price = Price { input_per_mtok_micros: 400_000, output_per_mtok_micros: 1_600_000 };
-    let prices = InMemoryPriceBook::new().with_price(ModelRef::parse(MODEL).expect("the demo model parses"), price);
+    let price = Price {
+        input_per_mtok_micros: 400_000,
+        output_per_mtok_micros: 1_600_000,
+    };
+    let prices = InMemoryPriceBook::new().with_price(
+        ModelRef::parse(MODEL).expect("the demo model parses"),
+        price,
+    );
     let stack = InMemoryStack::new(SessionConfig::default(), Arc::new(prices));
     println!("switchboard demo: one session, two prompts, a reconnect — in-memory ports, tokio host, scripted sandbox");
     println!("client frames:");
     let t = journey(&stack, print_frame).await?;
-    println!("\norg {} (user {}), session {} on {}", t.org.org_id, t.org.user_id, t.session.id, t.session.model);
-    println!("a second client resumed with after={} and received {} frames", t.resumed_after, t.resumed_client.len());
+    println!(
+        "\norg {} (user {}), session {} on {}",
+        t.org.org_id, t.org.user_id, t.session.id, t.session.model
+    );
+    println!(
+        "a second client resumed with after={} and received {} frames",
+        t.resumed_after,
+        t.resumed_client.len()
+    );
     println!("\nrun ledger:");
     for run in &t.runs {
-        println!("{}", serde_json::to_string_pretty(&run.summary()).expect("runs serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&run.summary()).expect("runs serialize")
+        );
     }
     Ok(())
+}
+
+async fn serve(config: switchboard_server::config::ServeConfig) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    // No real sandbox provider is wired yet (the local-process provider comes with the data-plane
+    // issue): sessions are created and wait for a sandbox to dial back with its token.
+    tracing::warn!(
+        "no sandbox provider is configured: sandboxes are not started by this server yet"
+    );
+    let sandboxes = Arc::new(switchboard_fakes::sandbox_provider::InMemorySandboxProvider::new());
+    let clock = Arc::new(switchboard_adapters::system_clock::SystemClock::new());
+    let mut server = switchboard_server::serve::start(config, sandboxes, clock).await?;
+    tracing::info!(addr = %server.addr, storage = %server.deployment.described, "switchboard listening");
+    println!("switchboard listening on http://{}", server.addr);
+    let stop = server.take_stop();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+    });
+    server.wait().await
 }
 
 fn ports() {
     for p in PortId::ALL {
         let info = p.info();
-        println!("{:<9} {:<17} {}", info.plane.name(), info.trait_name, info.description);
+        println!(
+            "{:<9} {:<17} {}",
+            info.plane.name(),
+            info.trait_name,
+            info.description
+        );
     }
 }
 
@@ -68,16 +137,35 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
             if let Err(e) = rt.block_on(demo()) {
                 eprintln!("demo failed: {e}");
                 std::process::exit(1);
             }
         }
+        Command::Serve(config) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            if let Err(e) = rt.block_on(serve(config)) {
+                eprintln!("switchboard serve: {e}");
+                std::process::exit(1);
+            }
+        }
         Command::Ports => ports(),
         Command::Migrate { data_dir } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
-            match rt.block_on(switchboard_server::db::migrate(&data_dir, std::env::var("DATABASE_URL").ok().as_deref())) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            match rt.block_on(switchboard_server::db::migrate(
+                &data_dir,
+                std::env::var("DATABASE_URL").ok().as_deref(),
+            )) {
                 Ok(done) => println!("{done}"),
                 Err(e) => {
                     eprintln!("switchboard migrate: {e}");
@@ -85,5 +173,8 @@ fn main() {
                 }
             }
         }
+        Command::Admin(command) => std::process::exit(switchboard_server::cli::admin::run(command)),
+        Command::Doctor(args) => std::process::exit(switchboard_server::cli::doctor::run(args)),
+        Command::Session(args) => std::process::exit(switchboard_server::cli::client::main(args)),
     }
 }

@@ -70,7 +70,16 @@ impl InMemoryStack {
             audit: audit.clone(),
             clock: clock_port,
         };
-        InMemoryStack { app, clock, host, sandboxes, ledger, store, bus, audit }
+        InMemoryStack {
+            app,
+            clock,
+            host,
+            sandboxes,
+            ledger,
+            store,
+            bus,
+            audit,
+        }
     }
 
     /// The default configuration and an empty price book.

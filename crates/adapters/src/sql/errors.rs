@@ -40,10 +40,16 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
                 let code = db.code();
                 let code = code.as_deref().unwrap_or("");
                 // SQLite extended codes carry the primary code in their low byte.
-                let primary = code.parse::<u32>().map(|c| (c & 0xff).to_string()).unwrap_or_else(|_| code.to_string());
-                if UNAVAILABLE_CODES.contains(&code) || UNAVAILABLE_CODES.contains(&primary.as_str()) {
+                let primary = code
+                    .parse::<u32>()
+                    .map(|c| (c & 0xff).to_string())
+                    .unwrap_or_else(|_| code.to_string());
+                if UNAVAILABLE_CODES.contains(&code)
+                    || UNAVAILABLE_CODES.contains(&primary.as_str())
+                {
                     ErrorClass::Unavailable
-                } else if CORRUPT_CODES.contains(&code) || CORRUPT_CODES.contains(&primary.as_str()) {
+                } else if CORRUPT_CODES.contains(&code) || CORRUPT_CODES.contains(&primary.as_str())
+                {
                     ErrorClass::Corrupt
                 } else if CONFLICT_CODES.contains(&code) {
                     ErrorClass::Conflict
@@ -57,16 +63,20 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
         },
         sqlx::Error::RowNotFound => ErrorClass::NotFound,
         sqlx::Error::PoolTimedOut => ErrorClass::Unavailable,
-        sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::BeginFailed => {
-            ErrorClass::Unavailable
-        }
+        sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::BeginFailed => ErrorClass::Unavailable,
         sqlx::Error::Protocol(_)
         | sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
         | sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
         | sqlx::Error::TypeNotFound { .. } => ErrorClass::Corrupt,
-        sqlx::Error::Configuration(_) | sqlx::Error::InvalidArgument(_) | sqlx::Error::Encode(_) => ErrorClass::Invalid,
+        sqlx::Error::Configuration(_)
+        | sqlx::Error::InvalidArgument(_)
+        | sqlx::Error::Encode(_) => ErrorClass::Invalid,
         _ => ErrorClass::Unavailable,
     }
 }
@@ -83,9 +93,18 @@ mod tests {
 
     #[test]
     fn pool_and_decode_errors_classify() {
-        assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Unavailable);
+        assert_eq!(
+            classify(&sqlx::Error::PoolTimedOut),
+            ErrorClass::Unavailable
+        );
         assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorClass::NotFound);
-        assert_eq!(classify(&sqlx::Error::Protocol("garbage".into())), ErrorClass::Corrupt);
-        assert_eq!(classify(&sqlx::Error::Io(std::io::Error::other("reset"))), ErrorClass::Unavailable);
+        assert_eq!(
+            classify(&sqlx::Error::Protocol("garbage".into())),
+            ErrorClass::Corrupt
+        );
+        assert_eq!(
+            classify(&sqlx::Error::Io(std::io::Error::other("reset"))),
+            ErrorClass::Unavailable
+        );
     }
 }

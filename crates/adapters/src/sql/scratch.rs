@@ -8,8 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    format!("{prefix}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Whether Postgres trials can run here: `Err(reason)` when `DATABASE_URL` is not set.
@@ -34,22 +40,35 @@ impl ScratchPostgres {
         postgres_gate()?;
         let admin_url = std::env::var("DATABASE_URL").expect("checked by the gate");
         let name = unique("sbt");
-        let admin = super::connect_postgres(&admin_url, 1).await.map_err(|e| format!("cannot reach Postgres at DATABASE_URL: {e}"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
+        let admin = super::connect_postgres(&admin_url, 1)
+            .await
+            .map_err(|e| format!("cannot reach Postgres at DATABASE_URL: {e}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
         admin.close().await;
         let url = with_database(&admin_url, &name);
-        Ok(ScratchPostgres { url, name, admin_url })
+        Ok(ScratchPostgres {
+            url,
+            name,
+            admin_url,
+        })
     }
 
     /// A pool on the scratch database.
     pub async fn pool(&self, max_connections: u32) -> Result<sqlx::PgPool, String> {
-        super::connect_postgres(&self.url, max_connections).await.map_err(|e| e.to_string())
+        super::connect_postgres(&self.url, max_connections)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
 /// `url` with its database name replaced by `name`.
 pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
     let head = path_start.map_or(base, |i| &base[..i]);
@@ -64,16 +83,46 @@ impl Drop for ScratchPostgres {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs outside any async context we can rely on: use a private runtime on a thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 let admin = super::connect_postgres(&admin_url, 1).await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&admin)
+                .await
+                .ok()?;
                 admin.close().await;
                 Some(())
             })
         })
         .join();
     }
+}
+
+/// Marks `db` as migrated by a newer Switchboard: records schema migration `version`, which this
+/// binary does not ship, as applied (for tests of the newer-schema refusal).
+pub async fn record_unknown_migration(db: &super::Db, version: i64) -> Result<(), String> {
+    const INSERT: &str = "INSERT INTO switchboard_migrations (version, description, success, checksum, execution_time) VALUES ($1, 'from the future', TRUE, $2, 0)";
+    let checksum: Vec<u8> = vec![0];
+    match db {
+        super::Db::Sqlite(pool) => sqlx::query(INSERT)
+            .bind(version)
+            .bind(checksum)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+        super::Db::Postgres(pool) => sqlx::query(INSERT)
+            .bind(version)
+            .bind(checksum)
+            .execute(pool)
+            .await
+            .map(|_| ()),
+    }
+    .map_err(|e| format!("cannot record migration {version}: {e}"))
 }
 
 /// A fresh directory under the system temp dir, removed when this guard drops.
@@ -84,7 +133,8 @@ pub struct ScratchDir {
 impl ScratchDir {
     pub fn create(prefix: &str) -> Result<Self, String> {
         let path = std::env::temp_dir().join(unique(prefix));
-        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         Ok(ScratchDir { path })
     }
 
@@ -125,8 +175,14 @@ mod tests {
 
     #[test]
     fn replaces_the_database_name() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
         assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
     }
 }

@@ -813,13 +813,14 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
 
 /// One disruption case per catalog entry, each through `Faulty` around the fake.
 pub fn disruptions() -> Vec<DisruptionCase> {
-    crate::disruption::per_entry(PortId::AgentDriver, CATALOG, |entry| Box::pin(disrupt(entry)))
+    crate::disruption::per_entry(PortId::AgentDriver, CATALOG, |entry| {
+        Box::pin(disrupt(entry))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    
 
     #[test]
     fn check_reports_an_agent_that_forgets() {

@@ -480,7 +480,9 @@ where
 
 /// One disruption case per catalog entry.
 pub fn disruptions() -> Vec<DisruptionCase> {
-    crate::disruption::per_entry(PortId::ArtifactStore, CATALOG, |entry| Box::pin(disrupt(entry)))
+    crate::disruption::per_entry(PortId::ArtifactStore, CATALOG, |entry| {
+        Box::pin(disrupt(entry))
+    })
 }
 
 /// Injects `entry`'s fault forever around the fake, checks what the caller saw and what the store
@@ -607,7 +609,6 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    
 
     #[test]
     fn fs_fixture_dirs_are_removed() {

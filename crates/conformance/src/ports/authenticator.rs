@@ -606,7 +606,7 @@ fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    
+
     use switchboard_core::crypto::TokenHash;
     use switchboard_core::{LoginId, TenantContext};
     use switchboard_ports::identity::{

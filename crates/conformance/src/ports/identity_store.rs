@@ -15,12 +15,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_core::crypto::TokenHash;
-use switchboard_core::tenancy::{Principal, Scope, TenantContext};
-use switchboard_core::{ApiKeyId, ErrorClass, LoginId, OrgId, Timestamp, UserId};
 use switchboard_adapters::sql::scratch::{postgres_gate, ScratchDir, ScratchPostgres};
 use switchboard_adapters::sql::{PgIdentityStore, SqliteIdentityStore};
 use switchboard_adapters::store_auth::{hash_token, StoreAuthenticator};
+use switchboard_core::crypto::TokenHash;
+use switchboard_core::tenancy::{Principal, Scope, TenantContext};
+use switchboard_core::{ApiKeyId, ErrorClass, LoginId, OrgId, Timestamp, UserId};
 use switchboard_fakes::identity_store::InMemoryIdentityStore;
 use switchboard_fakes::InMemoryClock;
 use switchboard_ports::identity::{
@@ -1021,5 +1021,4 @@ mod tests {
             ]
         );
     }
-
 }

@@ -395,4 +395,3 @@ async fn disrupt(entry: CatalogEntry) -> CaseResult {
     );
     Ok(())
 }
-

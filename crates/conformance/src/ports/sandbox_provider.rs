@@ -266,4 +266,3 @@ where
 pub fn disruptions() -> Vec<DisruptionCase> {
     Vec::new()
 }
-

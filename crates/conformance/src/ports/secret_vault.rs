@@ -503,7 +503,6 @@ fn disruption_flow(entry: CatalogEntry) -> BoxFut<'static, CaseResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    
 
     /// A vault that keeps every tenant's keys in one shared org.
     struct SharedVault(InMemorySecretVault, TenantContext);

@@ -710,4 +710,3 @@ where
 {
     harness::check(PortId::SessionHost, name, make, &cases())
 }
-

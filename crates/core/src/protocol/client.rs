@@ -22,7 +22,10 @@ pub enum ClientMessage {
     /// Every critical event at or below `seq` has been delivered.
     Ack { seq: u64 },
     /// Answer to a `permission.request`.
-    Permission { request_id: RequestId, decision: PermissionDecision },
+    Permission {
+        request_id: RequestId,
+        decision: PermissionDecision,
+    },
     /// Answered with `pong`. (A struct variant so that unknown fields are refused here too.)
     Ping {},
 }
@@ -32,10 +35,17 @@ pub enum ClientMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ControlFrame {
     /// First frame on every connection.
-    Hello { session_id: SessionId, status: SessionStatus, last_seq: u64 },
+    Hello {
+        session_id: SessionId,
+        status: SessionStatus,
+        last_seq: u64,
+    },
     Pong,
     /// A frame the server could not use (`code` = `bad_frame`, …). Changes no session state.
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
 }
 
 /// Anything the server sends a client: a sequenced event or a control frame.

@@ -111,7 +111,10 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        ErrorBody { code: code.into(), message: message.into() }
+        ErrorBody {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -141,9 +144,17 @@ pub enum Event {
     #[serde(rename = "thought.delta")]
     ThoughtDelta { text: String },
     #[serde(rename = "tool_call")]
-    ToolCall { call_id: CallId, name: String, input: Value },
+    ToolCall {
+        call_id: CallId,
+        name: String,
+        input: Value,
+    },
     #[serde(rename = "tool_result")]
-    ToolResult { call_id: CallId, status: ToolStatus, output: Value },
+    ToolResult {
+        call_id: CallId,
+        status: ToolStatus,
+        output: Value,
+    },
     #[serde(rename = "plan")]
     Plan { entries: Vec<PlanEntry> },
     #[serde(rename = "permission.request")]
@@ -155,11 +166,19 @@ pub enum Event {
         deadline: Timestamp,
     },
     #[serde(rename = "permission.resolved")]
-    PermissionResolved { request_id: RequestId, decision: PermissionDecision, by: DecidedBy },
+    PermissionResolved {
+        request_id: RequestId,
+        decision: PermissionDecision,
+        by: DecidedBy,
+    },
     #[serde(rename = "context.restored")]
     ContextRestored { from_seq: u64, turns: u32 },
     #[serde(rename = "environment.detected")]
-    EnvironmentDetected { package_manager: String, file_count: u64, install: Vec<String> },
+    EnvironmentDetected {
+        package_manager: String,
+        file_count: u64,
+        install: Vec<String>,
+    },
     #[serde(rename = "execution_complete")]
     ExecutionComplete {
         status: TerminalStatus,

@@ -12,10 +12,18 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SandboxMessage {
-    Hello { sandbox_id: SandboxId, agent: String, agent_version: String },
+    Hello {
+        sandbox_id: SandboxId,
+        agent: String,
+        agent_version: String,
+    },
     /// An agent update for a run. `event` is one of the agent-produced event types
     /// (`message.delta`, `thought.delta`, `tool_call`, `tool_result`, `plan`).
-    Event { run_id: RunId, n: u64, event: Event },
+    Event {
+        run_id: RunId,
+        n: u64,
+        event: Event,
+    },
     RunFinished {
         run_id: RunId,
         n: u64,
@@ -27,9 +35,18 @@ pub enum SandboxMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ErrorBody>,
     },
-    PermissionRequest { run_id: RunId, n: u64, request_id: RequestId, tool: String, input: Value },
+    PermissionRequest {
+        run_id: RunId,
+        n: u64,
+        request_id: RequestId,
+        tool: String,
+        input: Value,
+    },
     /// The workspace's file list (relative paths), for environment autodiscovery.
-    Workspace { n: u64, files: Vec<String> },
+    Workspace {
+        n: u64,
+        files: Vec<String>,
+    },
     Heartbeat,
 }
 
@@ -75,10 +92,24 @@ pub struct Turn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerToSandbox {
-    Run { run_id: RunId, text: String, model: ModelRef, gateway: GatewayConfig },
-    Cancel { run_id: RunId },
-    Ack { n: u64 },
-    Permission { request_id: RequestId, decision: PermissionDecision },
-    Restore { turns: Vec<Turn> },
+    Run {
+        run_id: RunId,
+        text: String,
+        model: ModelRef,
+        gateway: GatewayConfig,
+    },
+    Cancel {
+        run_id: RunId,
+    },
+    Ack {
+        n: u64,
+    },
+    Permission {
+        request_id: RequestId,
+        decision: PermissionDecision,
+    },
+    Restore {
+        turns: Vec<Turn>,
+    },
     Shutdown,
 }

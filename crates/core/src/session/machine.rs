@@ -275,7 +275,10 @@ impl Session {
             return Err(Rejection {
                 class: ErrorClass::Unavailable,
                 code: "session_evicted",
-                message: format!("the session is being rebuilt after a store failure: {}", failure.message),
+                message: format!(
+                    "the session is being rebuilt after a store failure: {}",
+                    failure.message
+                ),
             });
         }
         let result = self.apply(now, input);
@@ -638,14 +641,19 @@ impl Session {
                 to: clients,
                 frame: ServerFrame::Control(ControlFrame::Error {
                     code: "store_unavailable".into(),
-                    message: format!("the session store is unavailable ({}); reconnect to resume", failure.message),
+                    message: format!(
+                        "the session store is unavailable ({}); reconnect to resume",
+                        failure.message
+                    ),
                 }),
             });
         }
         if let Link::Connected { conn } = self.state.sandbox.link {
             self.effect(Effect::CloseSandbox { conn });
         }
-        self.effect(Effect::Evict { reason: failure.clone() });
+        self.effect(Effect::Evict {
+            reason: failure.clone(),
+        });
         self.live.evicted = Some(failure);
     }
 

@@ -1,16 +1,16 @@
 //! Inputs, effects, configuration and the persisted snapshot of the session machine.
 
+use crate::audit::AuditEntry;
 use crate::crypto::TokenHash;
 use crate::error::ErrorClass;
 use crate::ids::{ClientMsgId, ConnId, OrgId, RequestId, RunId, SandboxId, SessionId};
 use crate::model::ModelRef;
 use crate::protocol::events::{EventEnvelope, PermissionDecision, SandboxStatus, SessionStatus};
+use crate::protocol::sandbox::SandboxMessage;
 use crate::protocol::spawn::RepoSpec;
 use crate::protocol::{ServerFrame, ServerToSandbox};
-use crate::protocol::sandbox::SandboxMessage;
 use crate::run::{Price, RunRecord};
 use crate::tenancy::{Attribution, SessionKey};
-use crate::audit::AuditEntry;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,7 +40,11 @@ pub struct PermissionPolicy {
 
 impl Default for PermissionPolicy {
     fn default() -> Self {
-        PermissionPolicy { default: PermissionMode::Auto, per_tool: BTreeMap::new(), ask_default: PermissionDecision::Deny }
+        PermissionPolicy {
+            default: PermissionMode::Auto,
+            per_tool: BTreeMap::new(),
+            ask_default: PermissionDecision::Deny,
+        }
     }
 }
 
@@ -128,16 +132,26 @@ pub struct PortFailure {
 
 impl PortFailure {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        PortFailure { class, message: message.into() }
+        PortFailure {
+            class,
+            message: message.into(),
+        }
     }
 }
 
 /// A command from an attached client (the prompt travels as [`Input::Prompt`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCommand {
-    Cancel { run_id: Option<RunId> },
-    Ack { seq: u64 },
-    Permission { request_id: RequestId, decision: PermissionDecision },
+    Cancel {
+        run_id: Option<RunId>,
+    },
+    Ack {
+        seq: u64,
+    },
+    Permission {
+        request_id: RequestId,
+        decision: PermissionDecision,
+    },
     Ping,
 }
 
@@ -147,32 +161,73 @@ pub enum Input {
     /// Start the session: emits its first events and the first spawn.
     Start,
     /// A client connected; it wants every event with seq > `after` (all when `None`).
-    ClientAttached { conn: ConnId, after: Option<u64> },
-    ClientDetached { conn: ConnId },
-    ClientCommand { conn: ConnId, command: ClientCommand },
+    ClientAttached {
+        conn: ConnId,
+        after: Option<u64>,
+    },
+    ClientDetached {
+        conn: ConnId,
+    },
+    ClientCommand {
+        conn: ConnId,
+        command: ClientCommand,
+    },
     /// A prompt, from HTTP (`conn: None`) or a WebSocket frame. The shell mints `run_id`.
-    Prompt { run_id: RunId, by: Attribution, text: String, client_msg_id: Option<ClientMsgId>, conn: Option<ConnId> },
+    Prompt {
+        run_id: RunId,
+        by: Attribution,
+        text: String,
+        client_msg_id: Option<ClientMsgId>,
+        conn: Option<ConnId>,
+    },
     /// Cancel from HTTP: `None` means the running run.
-    Cancel { run_id: Option<RunId> },
+    Cancel {
+        run_id: Option<RunId>,
+    },
     /// Close the session: cancel everything, terminate the sandbox.
     Close,
     /// A sandbox socket presented a token whose SHA-256 is `token_hash`.
-    SandboxConnect { conn: ConnId, token_hash: TokenHash },
-    SandboxDisconnected { conn: ConnId },
-    SandboxMessage { conn: ConnId, message: SandboxMessage },
+    SandboxConnect {
+        conn: ConnId,
+        token_hash: TokenHash,
+    },
+    SandboxDisconnected {
+        conn: ConnId,
+    },
+    SandboxMessage {
+        conn: ConnId,
+        message: SandboxMessage,
+    },
     /// The shell minted the token for spawn attempt `spawn` (sent before the provider is called).
-    SandboxTokenIssued { spawn: u32, token_hash: TokenHash },
+    SandboxTokenIssued {
+        spawn: u32,
+        token_hash: TokenHash,
+    },
     /// The provider answered spawn attempt `spawn`.
-    SpawnResult { spawn: u32, result: Result<SandboxId, PortFailure> },
+    SpawnResult {
+        spawn: u32,
+        result: Result<SandboxId, PortFailure>,
+    },
     /// The provider reports the sandbox gone (status poll or exit notice).
-    SandboxExited { sandbox_id: SandboxId, reason: String },
+    SandboxExited {
+        sandbox_id: SandboxId,
+        reason: String,
+    },
     /// The shell resolved the gateway and price and sent the `run` frame (or could not).
-    DispatchResult { run_id: RunId, result: Result<Option<Price>, PortFailure> },
+    DispatchResult {
+        run_id: RunId,
+        result: Result<Option<Price>, PortFailure>,
+    },
     /// The run ledger answered a flush.
-    RunRecorded { run_id: RunId, result: Result<(), PortFailure> },
+    RunRecorded {
+        run_id: RunId,
+        result: Result<(), PortFailure>,
+    },
     /// The session store could not persist a commit after the shell's retries. The machine
     /// answers with `Evict` and refuses every later input (`Unavailable`).
-    StoreFailed { failure: PortFailure },
+    StoreFailed {
+        failure: PortFailure,
+    },
     /// Time passed `poll_deadline()`.
     Tick,
 }
@@ -183,23 +238,52 @@ pub enum Effect {
     /// Write atomically: append events, replace the snapshot, change the outbox.
     Persist(Commit),
     /// Send a frame to each listed client connection.
-    Deliver { to: Vec<ConnId>, frame: ServerFrame },
+    Deliver {
+        to: Vec<ConnId>,
+        frame: ServerFrame,
+    },
     /// Send `conn` every persisted event with `after < seq <= through`, in order, from the store.
-    Replay { conn: ConnId, after: u64, through: u64 },
+    Replay {
+        conn: ConnId,
+        after: u64,
+        through: u64,
+    },
     /// Re-send un-ACKed critical events (already persisted) to these clients.
-    Resend { to: Vec<ConnId>, events: Vec<EventEnvelope> },
+    Resend {
+        to: Vec<ConnId>,
+        events: Vec<EventEnvelope>,
+    },
     /// Accept or refuse a sandbox socket after the token check.
-    AcceptSandbox { conn: ConnId },
-    RejectSandbox { conn: ConnId },
+    AcceptSandbox {
+        conn: ConnId,
+    },
+    RejectSandbox {
+        conn: ConnId,
+    },
     /// Close a sandbox socket (replaced by a newer one, or shut down).
-    CloseSandbox { conn: ConnId },
+    CloseSandbox {
+        conn: ConnId,
+    },
     /// Send a frame to the connected sandbox.
-    SendToSandbox { conn: ConnId, message: ServerToSandbox },
+    SendToSandbox {
+        conn: ConnId,
+        message: ServerToSandbox,
+    },
     /// Resolve the model gateway and price, send `run` to the sandbox, answer `DispatchResult`.
-    DispatchRun { conn: ConnId, run_id: RunId, text: String, model: ModelRef },
+    DispatchRun {
+        conn: ConnId,
+        run_id: RunId,
+        text: String,
+        model: ModelRef,
+    },
     /// Mint a token (answer `SandboxTokenIssued` at once), then call the provider (answer `SpawnResult`).
-    SpawnSandbox { spawn: u32, request: SpawnRequest },
-    TerminateSandbox { sandbox_id: SandboxId },
+    SpawnSandbox {
+        spawn: u32,
+        request: SpawnRequest,
+    },
+    TerminateSandbox {
+        sandbox_id: SandboxId,
+    },
     /// Flush a terminal run to the ledger; answer `RunRecorded`.
     RecordRun(RunRecord),
     /// Publish an org-wide status change.
@@ -210,7 +294,9 @@ pub enum Effect {
     /// The session cannot go on from memory (its store failed): close every socket and drop the
     /// actor now, writing nothing. The next request rebuilds it from the store's last durable
     /// state, exactly as after a process crash; nothing unpersisted was ever acknowledged or shown.
-    Evict { reason: PortFailure },
+    Evict {
+        reason: PortFailure,
+    },
 }
 
 /// What the provider needs besides the token and callback URL, which the shell adds.
@@ -233,7 +319,10 @@ pub struct Commit {
 
 impl Commit {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.snapshot.is_none() && self.outbox_put.is_empty() && self.outbox_remove.is_empty()
+        self.events.is_empty()
+            && self.snapshot.is_none()
+            && self.outbox_put.is_empty()
+            && self.outbox_remove.is_empty()
     }
 }
 
@@ -252,7 +341,11 @@ pub struct OrgEvent {
 pub enum Accepted {
     Done,
     /// A prompt was queued (or recognised as a re-send of `client_msg_id`: `duplicate`).
-    Queued { run_id: RunId, position: u32, duplicate: bool },
+    Queued {
+        run_id: RunId,
+        position: u32,
+        duplicate: bool,
+    },
 }
 
 /// An input the machine refused; nothing changed.
