@@ -85,32 +85,12 @@ pub struct Waiver {
 }
 
 /// Every exception to "each port ships a full bundle". This table must shrink to empty.
-pub const WAIVERS: &[Waiver] = &[
-    Waiver {
-        port: PortId::SandboxProvider,
-        part: Part::RealAdapter,
-        reason: "local-process sandbox provider",
-        issue: 5,
-    },
-    Waiver {
-        port: PortId::AgentDriver,
-        part: Part::RealAdapter,
-        reason: "ACP agent driver over stdio",
-        issue: 5,
-    },
-    Waiver {
-        port: PortId::ModelGateway,
-        part: Part::RealAdapter,
-        reason: "direct BYOK model gateway",
-        issue: 5,
-    },
-    Waiver {
-        port: PortId::RepoHost,
-        part: Part::RealAdapter,
-        reason: "a git-backed repo host (local git, then GitHub App)",
-        issue: 5,
-    },
-];
+pub const WAIVERS: &[Waiver] = &[Waiver {
+    port: PortId::RepoHost,
+    part: Part::RealAdapter,
+    reason: "a git-backed repo host (local git, then GitHub App)",
+    issue: 5,
+}];
 
 /// Renders the waivers as a table, printed on every conformance run.
 pub fn waivers_table(waivers: &[Waiver]) -> String {

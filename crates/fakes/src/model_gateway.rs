@@ -11,20 +11,8 @@ use switchboard_ports::error::ErrorClass;
 use switchboard_ports::{Classify, FromClass, ModelGateway, ModelGatewayError, SecretVault};
 
 /// The providers every `InMemoryModelGateway` can route, with their OpenAI- or provider-native
-/// API base URLs.
-pub const DEFAULT_PROVIDERS: &[(&str, &str)] = &[
-    ("openai", "https://api.openai.com/v1"),
-    ("anthropic", "https://api.anthropic.com/v1"),
-    ("openrouter", "https://openrouter.ai/api/v1"),
-    (
-        "google",
-        "https://generativelanguage.googleapis.com/v1beta/openai",
-    ),
-    ("groq", "https://api.groq.com/openai/v1"),
-    ("deepseek", "https://api.deepseek.com/v1"),
-    ("mistral", "https://api.mistral.ai/v1"),
-    ("xai", "https://api.x.ai/v1"),
-];
+/// API base URLs (the table shared with the real direct gateway).
+pub const DEFAULT_PROVIDERS: &[(&str, &str)] = switchboard_ports::agent::default_providers();
 
 /// A direct BYOK gateway: `provider = model.provider()`, base URL from a routing table, key from the
 /// tenant's vault. There is no default provider: an unrouted provider is `Invalid`, a routed one

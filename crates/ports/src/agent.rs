@@ -127,6 +127,25 @@ pub trait ModelGateway: Send + Sync {
     ) -> Result<GatewayConfig, ModelGatewayError>;
 }
 
+/// The providers a direct (bring-your-own-key) [`ModelGateway`] routes out of the box, with their
+/// OpenAI-compatible or provider-native API base URLs. One table for the in-memory gateway and the
+/// real direct gateway; deployments add their own providers on top.
+pub const fn default_providers() -> &'static [(&'static str, &'static str)] {
+    &[
+        ("openai", "https://api.openai.com/v1"),
+        ("anthropic", "https://api.anthropic.com/v1"),
+        ("openrouter", "https://openrouter.ai/api/v1"),
+        (
+            "google",
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+        ),
+        ("groq", "https://api.groq.com/openai/v1"),
+        ("deepseek", "https://api.deepseek.com/v1"),
+        ("mistral", "https://api.mistral.ai/v1"),
+        ("xai", "https://api.x.ai/v1"),
+    ]
+}
+
 /// Prices of models, for `execution_complete.cost_micros`.
 ///
 /// # Contract

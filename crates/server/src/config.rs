@@ -42,6 +42,29 @@ pub struct ServeConfig {
         default_value_t = 600
     )]
     pub sandbox_idle_timeout_s: u64,
+    /// Who starts sandboxes: `local` (each sandbox is a process group on this machine running
+    /// the bridge, under bubblewrap when it is installed) or `none` (sessions wait for a sandbox
+    /// to dial back with its token). Default: `local` when the bridge is found (next to this
+    /// binary, or given with `--bridge`), else `none`.
+    #[arg(long, env = "SWITCHBOARD_SANDBOX_PROVIDER", value_enum)]
+    pub sandbox_provider: Option<SandboxProviderChoice>,
+    /// The bridge program local sandboxes run (default: `switchboard-bridge` next to this
+    /// binary, else on PATH).
+    #[arg(long, env = "SWITCHBOARD_BRIDGE")]
+    pub bridge: Option<PathBuf>,
+    /// The command line local sandboxes start the default agent (`opencode`) with, program then
+    /// arguments separated by spaces (default: `opencode acp`).
+    #[arg(long, env = "SWITCHBOARD_AGENT_COMMAND")]
+    pub agent_command: Option<String>,
+}
+
+/// The sandbox providers `serve` can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxProviderChoice {
+    /// A local process group per sandbox, running the bridge.
+    Local,
+    /// None: sessions wait for a sandbox to dial back with its token.
+    None,
 }
 
 impl ServeConfig {
@@ -56,7 +79,40 @@ impl ServeConfig {
             run_idle_timeout_s: 300,
             hibernate_after_s: 60,
             sandbox_idle_timeout_s: 600,
+            sandbox_provider: None,
+            bridge: None,
+            agent_command: None,
         }
+    }
+
+    /// The sandbox provider to use: the one asked for, else `local` when a bridge was given or
+    /// sits next to this binary, else `none`.
+    pub fn sandbox_choice(&self) -> SandboxProviderChoice {
+        match self.sandbox_provider {
+            Some(choice) => choice,
+            None if self.bridge.is_some()
+                || switchboard_adapters::local_sandbox::bridge_next_to_current_exe().is_some() =>
+            {
+                SandboxProviderChoice::Local
+            }
+            None => SandboxProviderChoice::None,
+        }
+    }
+
+    /// The local sandbox provider's settings: sandboxes under `<data dir>/sandboxes`, the data
+    /// directory hidden from them, the configured bridge and agent command.
+    pub fn local_sandbox(&self) -> switchboard_adapters::local_sandbox::LocalSandboxConfig {
+        let mut local = switchboard_adapters::local_sandbox::LocalSandboxConfig::new(
+            self.data_dir.join("sandboxes"),
+        )
+        .hide(self.data_dir.clone());
+        if let Some(bridge) = &self.bridge {
+            local = local.with_bridge(bridge.clone(), Vec::new());
+        }
+        if let Some(command) = &self.agent_command {
+            local = local.with_agent_command(crate::app::DEFAULT_AGENT, command.clone());
+        }
+        local
     }
 
     /// Checks what can be checked before opening anything.
@@ -85,6 +141,23 @@ impl ServeConfig {
             if value == 0 {
                 return Err(format!("the {name} must be at least 1 second"));
             }
+        }
+        if let Some(bridge) = &self.bridge {
+            if !bridge.is_file() {
+                return Err(format!(
+                    "the bridge {} (--bridge, SWITCHBOARD_BRIDGE) is not a file",
+                    bridge.display()
+                ));
+            }
+        }
+        if self
+            .agent_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(
+                "the agent command (--agent-command, SWITCHBOARD_AGENT_COMMAND) is empty".into(),
+            );
         }
         Ok(())
     }
@@ -124,5 +197,35 @@ mod tests {
         c.public_url = None;
         c.spawn_timeout_s = 0;
         assert!(c.validate().unwrap_err().contains("spawn timeout"));
+    }
+
+    #[test]
+    fn the_sandbox_provider_follows_the_flags() {
+        let mut c = ServeConfig::embedded("/tmp/x".into());
+        c.sandbox_provider = Some(SandboxProviderChoice::None);
+        assert_eq!(c.sandbox_choice(), SandboxProviderChoice::None);
+        c.sandbox_provider = None;
+        c.bridge = Some("/bin/sh".into());
+        assert_eq!(
+            c.sandbox_choice(),
+            SandboxProviderChoice::Local,
+            "a given bridge means local"
+        );
+        assert!(c.validate().is_ok());
+        let local = c.local_sandbox();
+        assert_eq!(local.root, PathBuf::from("/tmp/x/sandboxes"));
+        assert!(
+            local.hidden.contains(&PathBuf::from("/tmp/x")),
+            "the data dir is hidden from sandboxes"
+        );
+        assert_eq!(local.bridge, PathBuf::from("/bin/sh"));
+        c.bridge = Some("/tmp/x/no-such-bridge".into());
+        assert!(c.validate().unwrap_err().contains("--bridge"));
+        c.bridge = None;
+        c.agent_command = Some("scripted-acp-agent --script demo".into());
+        assert_eq!(
+            c.local_sandbox().agent_commands[crate::app::DEFAULT_AGENT],
+            "scripted-acp-agent --script demo"
+        );
     }
 }

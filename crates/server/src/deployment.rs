@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::config::ServeConfig;
 use std::sync::Arc;
 use switchboard_adapters::broadcast_bus::TokioBroadcastEventBus;
+use switchboard_adapters::direct_gateway::DirectModelGateway;
 use switchboard_adapters::local_host::{LocalSessionHost, OsMinter};
 use switchboard_adapters::price_table::EmbeddedPriceBook;
 use switchboard_adapters::sql::session_store::SqliteSessionStore;
@@ -14,7 +15,6 @@ use switchboard_adapters::sql::{
     SqliteAuditLog, SqliteIdentityStore, SqliteRunLedger, SqliteSecretVault,
 };
 use switchboard_adapters::store_auth::StoreAuthenticator;
-use switchboard_fakes::model_gateway::InMemoryModelGateway;
 use switchboard_ports::runtime::SessionPorts;
 use switchboard_ports::{
     AuditLog, Clock, EventBus, IdentityStore, RunLedger, SandboxProvider, SecretVault, SessionStore,
@@ -106,9 +106,11 @@ impl Deployment {
                 session_store.clone(),
             )) as Arc<dyn SessionStore>,
             sandboxes: sandboxes.clone(),
-            // The direct BYOK gateway arrives with the data-plane issue; until then the routing
-            // table of the in-memory gateway over the real vault serves.
-            gateway: Arc::new(InMemoryModelGateway::new(vault.clone())),
+            // Direct BYOK: the tenant's own key, opened from the vault for each run; extra
+            // providers come from `SWITCHBOARD_PROVIDER_<NAME>_BASE_URL`.
+            gateway: Arc::new(
+                DirectModelGateway::new(vault.clone()).with_env_providers(std::env::vars())?,
+            ),
             prices: Arc::new(EmbeddedPriceBook::new()),
             ledger: Arc::new(crate::metered::MeteredRunLedger::new(ledger.clone())),
             bus: bus.clone(),

@@ -4,12 +4,14 @@
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
+use switchboard_adapters::local_sandbox::LocalProcessSandboxProvider;
 use switchboard_core::protocol::ServerFrame;
 use switchboard_core::run::Price;
 use switchboard_core::session::SessionConfig;
 use switchboard_core::ModelRef;
 use switchboard_fakes::price_book::InMemoryPriceBook;
 use switchboard_ports::PortId;
+use switchboard_server::config::SandboxProviderChoice;
 use switchboard_server::journey::{journey, MODEL};
 use switchboard_server::stack::InMemoryStack;
 
@@ -101,19 +103,47 @@ async fn serve(config: switchboard_server::config::ServeConfig) -> Result<(), St
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    // No real sandbox provider is wired yet (the local-process provider comes with the data-plane
-    // issue): sessions are created and wait for a sandbox to dial back with its token.
-    tracing::warn!(
-        "no sandbox provider is configured: sandboxes are not started by this server yet"
-    );
-    let sandboxes = Arc::new(switchboard_fakes::sandbox_provider::InMemorySandboxProvider::new());
+    let sandboxes: Arc<dyn switchboard_ports::SandboxProvider> = match config.sandbox_choice() {
+        SandboxProviderChoice::Local => {
+            config.validate()?;
+            let provider = LocalProcessSandboxProvider::new(config.local_sandbox())
+                .map_err(|e| format!("the local sandbox provider: {e}"))?;
+            // The provider itself says how (or whether) sandboxes are isolated.
+            tracing::info!(
+                bridge = %provider.bridge().display(),
+                root = %provider.root().display(),
+                "sandboxes are local processes"
+            );
+            Arc::new(provider)
+        }
+        SandboxProviderChoice::None => {
+            // Sessions are created and wait for a sandbox to dial back with its token.
+            if config.sandbox_provider.is_none() {
+                tracing::warn!(
+                    "no sandbox provider is configured: sandboxes are not started by this server (no switchboard-bridge next to this binary; see --sandbox-provider and --bridge)"
+                );
+            } else {
+                tracing::warn!(
+                    "--sandbox-provider none: sandboxes are not started by this server; sessions wait for a sandbox to dial back with its token"
+                );
+            }
+            Arc::new(switchboard_fakes::sandbox_provider::InMemorySandboxProvider::new())
+        }
+    };
     let clock = Arc::new(switchboard_adapters::system_clock::SystemClock::new());
     let mut server = switchboard_server::serve::start(config, sandboxes, clock).await?;
     tracing::info!(addr = %server.addr, storage = %server.deployment.described, "switchboard listening");
     println!("switchboard listening on http://{}", server.addr);
     let stop = server.take_stop();
+    // SIGINT or SIGTERM stop the server gracefully; when it ends, the sandbox provider is
+    // dropped, which ends the local sandboxes it started.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
         if let Some(stop) = stop {
             let _ = stop.send(());
         }

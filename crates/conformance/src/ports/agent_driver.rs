@@ -14,9 +14,11 @@ use async_trait::async_trait;
 use futures::channel::mpsc;
 use futures::StreamExt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use switchboard_adapters::acp_driver::{AcpAgentDriver, AcpConfig};
 use switchboard_core::protocol::{
     Event, GatewayConfig, PermissionDecision, TerminalStatus, Turn, TurnRole,
 };
@@ -388,14 +390,51 @@ pub fn default_start() -> AgentStart {
     }
 }
 
-/// The fake and every real `AgentDriver` (none yet: see `WAIVERS`).
+/// Where cargo puts the `scripted-acp-agent` binary: `target/<profile>/`, the parent of the test
+/// executable's `deps` directory. `cargo test --workspace` builds it (the adapters crate's own
+/// integration tests need it); `None` when it is not there.
+pub fn scripted_acp_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("scripted-acp-agent");
+    path.is_file().then_some(path)
+}
+
+const NO_SCRIPTED_ACP_AGENT: &str = "the scripted-acp-agent binary is not built next to this \
+    test executable (`cargo test --workspace` or `cargo build -p switchboard-adapters --bin \
+    scripted-acp-agent` builds it)";
+
+fn scripted_acp_agent_gate() -> Result<(), String> {
+    scripted_acp_agent()
+        .map(|_| ())
+        .ok_or_else(|| NO_SCRIPTED_ACP_AGENT.to_string())
+}
+
+/// The fake, and `AcpAgentDriver` driving the scripted ACP agent (a real process over ACP stdio
+/// that speaks the fake's script language), working in the temp dir.
 pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
-        Ok(Fixture {
-            driver: Arc::new(InMemoryAgentDriver::new()),
-            start: default_start(),
+    vec![
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            Ok(Fixture {
+                driver: Arc::new(InMemoryAgentDriver::new()),
+                start: default_start(),
+            })
+        }),
+        Implementation::new("acp_scripted", ImplKind::Adapter, || async {
+            let program = scripted_acp_agent().ok_or_else(|| NO_SCRIPTED_ACP_AGENT.to_string())?;
+            Ok(Fixture {
+                driver: Arc::new(AcpAgentDriver::new(AcpConfig {
+                    program: program.to_string_lossy().into_owned(),
+                    args: Vec::new(),
+                    env: Vec::new(),
+                })),
+                start: AgentStart {
+                    workspace: std::env::temp_dir().to_string_lossy().into_owned(),
+                    ..default_start()
+                },
+            })
         })
-    })]
+        .gated(scripted_acp_agent_gate),
+    ]
 }
 
 /// What the bridge sees when the agent misbehaves, and what the run does about it.

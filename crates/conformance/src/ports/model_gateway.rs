@@ -12,6 +12,10 @@ use async_trait::async_trait;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use switchboard_adapters::direct_gateway::DirectModelGateway;
+use switchboard_adapters::sql::scratch::ScratchDir;
+use switchboard_adapters::sql::{connect_sqlite, migrate_sqlite, MasterKeys, SqliteSecretVault};
+use switchboard_adapters::system_clock::SystemClock;
 use switchboard_core::protocol::GatewayConfig;
 use switchboard_core::tenancy::TenantContext;
 use switchboard_core::{ModelRef, OrgId, Principal, RunId, Scope, UserId};
@@ -30,6 +34,8 @@ pub struct Fixture {
     pub routed: [String; 2],
     /// A valid provider name the gateway cannot route.
     pub unrouted: String,
+    /// Whatever the vault lives in (a scratch database), kept for the whole case; None for the fake.
+    pub scratch: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Every contract case of `ModelGateway`, one per `# Contract` bullet.
@@ -186,14 +192,45 @@ fn in_memory_fixture() -> Fixture {
         vault,
         routed: ["anthropic".to_string(), "conformance-local".to_string()],
         unrouted: "conformance-unrouted".to_string(),
+        scratch: None,
     }
 }
 
-/// The fake and every real `ModelGateway` (none yet: see `WAIVERS`).
+/// The direct BYOK gateway over the sealed SQLite vault (a scratch database with its own random
+/// master key), with a local provider added through the `SWITCHBOARD_PROVIDER_*` variables.
+async fn direct_fixture() -> Result<Fixture, String> {
+    let dir = ScratchDir::create("sb-gateway")?;
+    let pool = connect_sqlite(&dir.join("app.db"), 4)
+        .await
+        .map_err(|e| e.to_string())?;
+    migrate_sqlite(&pool).await.map_err(|e| e.to_string())?;
+    let keys = MasterKeys::generate().map_err(|e| e.to_string())?;
+    let vault: Arc<dyn SecretVault> = Arc::new(SqliteSecretVault::new(
+        pool,
+        Arc::new(keys),
+        Arc::new(SystemClock::new()),
+    ));
+    let gateway = DirectModelGateway::new(vault.clone()).with_env_providers([(
+        "SWITCHBOARD_PROVIDER_CONFORMANCE_LOCAL_BASE_URL".to_string(),
+        "http://127.0.0.1:9/v1".to_string(),
+    )])?;
+    Ok(Fixture {
+        gateway: Arc::new(gateway),
+        vault,
+        routed: ["anthropic".to_string(), "conformance_local".to_string()],
+        unrouted: "conformance-unrouted".to_string(),
+        scratch: Some(Arc::new(dir)),
+    })
+}
+
+/// The fake and every real `ModelGateway`: the direct BYOK gateway over the SQLite vault.
 pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
-        Ok(in_memory_fixture())
-    })]
+    vec![
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            Ok(in_memory_fixture())
+        }),
+        Implementation::new("direct", ImplKind::Adapter, direct_fixture),
+    ]
 }
 
 /// A gateway is resolved when a run is dispatched; a run never starts without its own key.

@@ -189,11 +189,171 @@ pub fn in_memory_fixture() -> Fixture {
     Fixture { provider, boot }
 }
 
-/// The fake and every real `SandboxProvider` (the local-process provider arrives with its issue).
+/// What the fake bridges of a local-process fixture report: each sends its exact initial
+/// environment (`/proc/$$/environ`) over TCP, as the real bridge dials back. A std thread accepts;
+/// dropping this wakes it so that it ends.
+struct EnvReports {
+    port: u16,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    /// The incoming reports, and those that arrived before their sandbox was asked for.
+    received: tokio::sync::Mutex<(ReportStream, BTreeMap<String, SandboxEnv>)>,
+}
+
+/// Raw reports, one per connection.
+type ReportStream = tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>;
+/// One sandbox's environment.
+type SandboxEnv = BTreeMap<String, String>;
+
+impl EnvReports {
+    fn start() -> Result<EnvReports, String> {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = closing.clone();
+        std::thread::Builder::new()
+            .name("fake-bridge-reports".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    let mut bytes = Vec::new();
+                    if conn.read_to_end(&mut bytes).is_ok() && tx.send(bytes).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(EnvReports {
+            port,
+            closing,
+            received: tokio::sync::Mutex::new((rx, BTreeMap::new())),
+        })
+    }
+
+    /// The environment sandbox `id` reported (others that arrive first are kept for later).
+    async fn env_of(&self, id: &SandboxId) -> Result<BTreeMap<String, String>, String> {
+        use switchboard_adapters::local_sandbox::ENV_SANDBOX_ID;
+        let mut guard = self.received.lock().await;
+        let (rx, seen) = &mut *guard;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(env) = seen.remove(id.as_str()) {
+                return Ok(env);
+            }
+            let bytes = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| format!("sandbox {id} did not report within 30 s"))?
+                .ok_or("the report listener ended")?;
+            let env: BTreeMap<String, String> = bytes
+                .split(|b| *b == 0)
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let kv = String::from_utf8_lossy(kv);
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect();
+            let reporter = env
+                .get(ENV_SANDBOX_ID)
+                .cloned()
+                .ok_or("a sandbox reported no SWITCHBOARD_SANDBOX_ID")?;
+            seen.insert(reporter, env);
+        }
+    }
+}
+
+impl Drop for EnvReports {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// The spec as a local sandbox sees it, from the environment its bridge was started with.
+fn spec_from_env(env: &BTreeMap<String, String>) -> Result<SpawnSpec, String> {
+    use switchboard_adapters::local_sandbox::*;
+    let get = |name: &str| {
+        env.get(name)
+            .cloned()
+            .ok_or_else(|| format!("the sandbox got no {name}"))
+    };
+    let number = |name: &str| -> Result<u64, String> {
+        get(name)?
+            .parse()
+            .map_err(|e| format!("{name} is not a number: {e}"))
+    };
+    let reserved = [
+        "PATH",
+        "HOME",
+        "LANG",
+        ENV_CALLBACK_URL,
+        ENV_SANDBOX_TOKEN,
+        ENV_SANDBOX_ID,
+        ENV_SESSION_KEY,
+        ENV_WORKSPACE,
+        ENV_IDLE_TIMEOUT_S,
+        ENV_MAX_LIFETIME_S,
+        ENV_AGENT,
+        ENV_AGENT_COMMAND,
+    ];
+    Ok(SpawnSpec {
+        session_key: get(ENV_SESSION_KEY)?,
+        callback_url: get(ENV_CALLBACK_URL)?,
+        token: get(ENV_SANDBOX_TOKEN)?,
+        agent: get(ENV_AGENT)?,
+        repo: None,
+        env: env
+            .iter()
+            .filter(|(k, _)| !reserved.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        timeouts: SpawnTimeouts {
+            idle_s: number(ENV_IDLE_TIMEOUT_S)?,
+            max_s: number(ENV_MAX_LIFETIME_S)?,
+        },
+    })
+}
+
+/// The local-process provider under a scratch root, whose "bridge" is a bash script that reports
+/// its environment to the fixture and then waits; `boot` waits for that report.
+async fn local_process_fixture() -> Result<Fixture, String> {
+    use switchboard_adapters::local_sandbox::{LocalProcessSandboxProvider, LocalSandboxConfig};
+    let dir = Arc::new(switchboard_adapters::sql::scratch::ScratchDir::create(
+        "sb-sandboxes",
+    )?);
+    let reports = Arc::new(EnvReports::start()?);
+    let script = "cat /proc/$$/environ > /dev/tcp/127.0.0.1/$1 && exec sleep 600";
+    let config = LocalSandboxConfig::new(dir.join("sandboxes"))
+        .with_bridge(
+            "bash",
+            vec![
+                "-c".into(),
+                script.into(),
+                "fake-bridge".into(),
+                reports.port.to_string(),
+            ],
+        )
+        .with_terminate_grace(std::time::Duration::from_secs(2));
+    let provider = Arc::new(LocalProcessSandboxProvider::new(config)?);
+    let boot: Boot = Arc::new(move |id| {
+        let (reports, _scratch) = (reports.clone(), dir.clone());
+        Box::pin(async move { spec_from_env(&reports.env_of(&id).await?) })
+    });
+    Ok(Fixture { provider, boot })
+}
+
+/// The fake and every real `SandboxProvider`: the local-process provider.
 pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
-        Ok(in_memory_fixture())
-    })]
+    vec![
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            Ok(in_memory_fixture())
+        }),
+        Implementation::new("local_process", ImplKind::Adapter, local_process_fixture),
+    ]
 }
 
 /// What the session promises when its sandbox provider fails.

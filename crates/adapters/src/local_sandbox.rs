@@ -1,0 +1,1085 @@
+//! `LocalProcessSandboxProvider`: the embedded default `SandboxProvider`. A sandbox is a fresh
+//! directory on this machine and the bridge program started as a child in its own process group,
+//! with a minimal environment, under bubblewrap when it is installed.
+//!
+//! # Layout
+//! `<root>/<sandbox id>/` holds `workspace/` (the agent's cwd: empty, or a `git clone` of the spec's
+//! repository at its ref), `home/` (the sandbox's private `HOME`), `bridge.log` (the bridge's
+//! stdout and stderr) and `snapshots/<n>.tar.gz`. `terminate` removes `workspace/` and `home/`
+//! and keeps the log and the snapshots. The server uses `<data dir>/sandboxes` as the root.
+//!
+//! # Environment of the bridge
+//! Never the server's own environment (no `DATABASE_URL`, no `SWITCHBOARD_MASTER_KEY`): only
+//! `PATH` and `LANG` (the server's values, or defaults), `HOME` (the private `home/`), the
+//! variables the operator configured with [`LocalSandboxConfig::with_env`], the spec's `env`, and
+//! the variables named by the `ENV_*` constants of this module (these always win over a spec
+//! variable of the same name). `SWITCHBOARD_AGENT_COMMAND` is set when the provider knows a command
+//! for the spec's agent ([`LocalSandboxConfig::with_agent_command`]; `opencode` → `opencode acp`).
+//! Under bubblewrap the bridge also sees `PWD` (bwrap sets it to the workspace).
+//!
+//! # Isolation
+//! With bubblewrap (`bwrap`) installed and working, the bridge runs under it: the system is
+//! mounted read-only, the workspace and home read-write at their own paths, `/tmp` is private, the
+//! configured hidden paths (the server's data directory) are covered by empty tmpfs mounts, PID,
+//! IPC and UTS namespaces are private, and the network is shared so the bridge can dial back.
+//! The bridge program, and the agent's program when its command names it by absolute path, are
+//! bound in read-only even when they live under `/tmp` or a hidden path; anything else the agent
+//! needs must be outside those. The rest of the file system (the server user's home included) is
+//! visible read-only.
+//! Without it the bridge is a plain process of the server's user; [`LocalProcessSandboxProvider::isolation`]
+//! says so and the provider logs it once when it is built.
+//!
+//! # Lifetimes
+//! `status` is the bridge's own state: `Running` while the process lives, `Exited` with its exit
+//! code or signal once it ended. When the bridge exits, whatever it left in its process group is
+//! killed. `terminate` sends SIGTERM to the whole group (under bubblewrap: to every member but
+//! bwrap itself, so the bridge gets its grace), SIGKILL after a grace period, and is idempotent. A sandbox older than its spec's `max_s` is terminated by the provider; the idle
+//! timeout is the bridge's to enforce (`SWITCHBOARD_IDLE_TIMEOUT_S`). Dropping the provider kills
+//! every sandbox it still runs. If the server process itself dies, its bridges live on until their
+//! idle timeout.
+//!
+//! # Snapshots
+//! `snapshot` of a running sandbox writes a gzipped tarball of its workspace and returns the
+//! tarball's absolute path; an exited sandbox is `Conflict`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use switchboard_core::protocol::{RepoSpec, SpawnSpec};
+use switchboard_core::SandboxId;
+use switchboard_ports::sandbox::SandboxState;
+use switchboard_ports::{SandboxProvider, SandboxProviderError};
+use tokio::sync::watch;
+
+/// The callback URL the bridge dials (`ws://…/sandbox/v1/sessions/{org}/{session}/ws`).
+pub const ENV_CALLBACK_URL: &str = "SWITCHBOARD_CALLBACK_URL";
+/// The one-time sandbox token, sent as `Authorization: Bearer`.
+pub const ENV_SANDBOX_TOKEN: &str = "SWITCHBOARD_SANDBOX_TOKEN";
+/// The sandbox's id, as the provider knows it (for `hello`).
+pub const ENV_SANDBOX_ID: &str = "SWITCHBOARD_SANDBOX_ID";
+/// `org:session`.
+pub const ENV_SESSION_KEY: &str = "SWITCHBOARD_SESSION_KEY";
+/// The absolute path of the workspace (also the bridge's cwd).
+pub const ENV_WORKSPACE: &str = "SWITCHBOARD_WORKSPACE";
+/// Seconds without a control plane after which the bridge ends itself (the spec's `idle_s`).
+pub const ENV_IDLE_TIMEOUT_S: &str = "SWITCHBOARD_IDLE_TIMEOUT_S";
+/// The longest the sandbox may live, in seconds (the spec's `max_s`; the provider enforces it).
+pub const ENV_MAX_LIFETIME_S: &str = "SWITCHBOARD_MAX_LIFETIME_S";
+/// The spec's agent name (e.g. `opencode`).
+pub const ENV_AGENT: &str = "SWITCHBOARD_AGENT";
+/// The agent's command line, program then arguments separated by spaces (e.g. `opencode acp`);
+/// absent when the provider knows no command for the agent.
+pub const ENV_AGENT_COMMAND: &str = "SWITCHBOARD_AGENT_COMMAND";
+
+/// The bridge program's file name.
+pub const BRIDGE_PROGRAM: &str = "switchboard-bridge";
+
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+const DEFAULT_LANG: &str = "C.UTF-8";
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+/// How long to wait for a group to die after SIGKILL before calling the sandbox lost.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Signals process groups. `pgid` is always one this provider created (its bridge's pid).
+mod sys {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+
+    /// Sends `sig` to every process of group `pgid`; false when the group is gone.
+    pub fn signal_group(pgid: i32, sig: i32) -> bool {
+        if pgid <= 1 {
+            return false;
+        }
+        // SAFETY: kill(2) takes two integers and touches no memory of ours.
+        unsafe { kill(-pgid, sig) == 0 }
+    }
+
+    /// Sends `sig` to every process of group `pgid` but its leader (found in /proc). Under
+    /// bubblewrap the leader is bwrap itself, which would die at once on SIGTERM and leave the
+    /// bridge no time to end cleanly; the bridge gets the signal directly instead.
+    pub fn signal_group_but_leader(pgid: i32, sig: i32) {
+        if pgid <= 1 {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        {
+            if pid != pgid && group_of(pid) == Some(pgid) {
+                // SAFETY: as above.
+                unsafe {
+                    kill(pid, sig);
+                }
+            }
+        }
+    }
+
+    /// The process group of `pid`, from `/proc/<pid>/stat`.
+    fn group_of(pid: i32) -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+        let after = &stat[stat.rfind(')')? + 1..];
+        after.split_whitespace().nth(2)?.parse().ok()
+    }
+}
+
+/// Asks a sandbox to end (SIGTERM) so that its bridge can stop its agent cleanly.
+fn ask_to_end(pgid: i32, under_bwrap: bool) {
+    if under_bwrap {
+        sys::signal_group_but_leader(pgid, SIGTERM);
+    } else {
+        sys::signal_group(pgid, SIGTERM);
+    }
+}
+
+/// How the provider should isolate sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IsolationChoice {
+    /// Bubblewrap when `bwrap` is on `PATH` and works here, else none (said plainly).
+    Auto,
+    /// No isolation beyond the minimal environment and the private workspace.
+    Off,
+    /// Bubblewrap at this path; building the provider fails when it does not work.
+    Bubblewrap(PathBuf),
+}
+
+/// How the provider actually isolates sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each bridge runs under bubblewrap.
+    Bubblewrap { program: PathBuf },
+    /// Each bridge is a plain process of the server's user; `reason` says why.
+    None { reason: String },
+}
+
+impl Isolation {
+    /// Whether sandboxes run under bubblewrap.
+    pub fn is_isolated(&self) -> bool {
+        matches!(self, Isolation::Bubblewrap { .. })
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Isolation::Bubblewrap { program } => write!(
+                f,
+                "bubblewrap ({}): read-only system, private workspace, home and /tmp, shared network",
+                program.display()
+            ),
+            Isolation::None { reason } => write!(
+                f,
+                "NOT isolated ({reason}): each sandbox runs as a plain process of this user, with a minimal environment and its own workspace directory"
+            ),
+        }
+    }
+}
+
+/// Settings of a [`LocalProcessSandboxProvider`].
+#[derive(Debug, Clone)]
+pub struct LocalSandboxConfig {
+    /// Where sandbox directories are made (`<data dir>/sandboxes` for the server).
+    pub root: PathBuf,
+    /// The bridge program (default: [`default_bridge`], else `switchboard-bridge` on `PATH`).
+    pub bridge: PathBuf,
+    /// Arguments given to the bridge.
+    pub bridge_args: Vec<String>,
+    pub isolation: IsolationChoice,
+    /// Agent name → command line, handed to the bridge as `SWITCHBOARD_AGENT_COMMAND`.
+    pub agent_commands: BTreeMap<String, String>,
+    /// Variables the operator gives every sandbox (e.g. `RUST_LOG`).
+    pub env: BTreeMap<String, String>,
+    /// Paths covered by an empty tmpfs under bubblewrap (the server's data directory).
+    pub hidden: Vec<PathBuf>,
+    /// How long `terminate` waits after SIGTERM before SIGKILL.
+    pub terminate_grace: Duration,
+    /// How long a `git clone` may take.
+    pub clone_timeout: Duration,
+}
+
+impl LocalSandboxConfig {
+    /// Defaults rooted at `root`: the default bridge, automatic isolation, `opencode` → `opencode
+    /// acp`, a 5 s terminate grace and a 5 min clone timeout. `root` is hidden from sandboxes.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        LocalSandboxConfig {
+            hidden: vec![root.clone()],
+            root,
+            bridge: default_bridge()
+                .or_else(|| find_on_path(BRIDGE_PROGRAM))
+                .unwrap_or_else(|| PathBuf::from(BRIDGE_PROGRAM)),
+            bridge_args: Vec::new(),
+            isolation: IsolationChoice::Auto,
+            agent_commands: BTreeMap::from([("opencode".to_string(), "opencode acp".to_string())]),
+            env: BTreeMap::new(),
+            terminate_grace: Duration::from_secs(5),
+            clone_timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Runs `program` with `args` as the bridge.
+    pub fn with_bridge(mut self, program: impl Into<PathBuf>, args: Vec<String>) -> Self {
+        self.bridge = program.into();
+        self.bridge_args = args;
+        self
+    }
+
+    pub fn with_isolation(mut self, isolation: IsolationChoice) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Hands `command` (program then arguments, separated by spaces) to bridges of `agent`.
+    pub fn with_agent_command(
+        mut self,
+        agent: impl Into<String>,
+        command: impl Into<String>,
+    ) -> Self {
+        self.agent_commands.insert(agent.into(), command.into());
+        self
+    }
+
+    /// Gives every sandbox `name=value` (the reserved `SWITCHBOARD_*` variables still win).
+    pub fn with_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Covers `path` with an empty tmpfs inside bubblewrap.
+    pub fn hide(mut self, path: impl Into<PathBuf>) -> Self {
+        self.hidden.push(path.into());
+        self
+    }
+
+    pub fn with_terminate_grace(mut self, grace: Duration) -> Self {
+        self.terminate_grace = grace;
+        self
+    }
+
+    pub fn with_clone_timeout(mut self, timeout: Duration) -> Self {
+        self.clone_timeout = timeout;
+        self
+    }
+}
+
+/// `switchboard-bridge` next to the running executable, when it exists there.
+pub fn bridge_next_to_current_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.join(BRIDGE_PROGRAM);
+    candidate.is_file().then_some(candidate)
+}
+
+/// The default bridge: next to the running executable; for a test binary under
+/// `target/<profile>/deps/`, the one in `target/<profile>/`.
+pub fn default_bridge() -> Option<PathBuf> {
+    bridge_next_to_current_exe().or_else(|| {
+        let exe = std::env::current_exe().ok()?;
+        let dir = exe.parent()?;
+        if dir.file_name()? != "deps" {
+            return None;
+        }
+        let candidate = dir.parent()?.join(BRIDGE_PROGRAM);
+        candidate.is_file().then_some(candidate)
+    })
+}
+
+/// The first `name` on the server's `PATH` that is a file.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The base arguments of bubblewrap: the system read-only, private /dev, /proc and /tmp, private
+/// PID, IPC and UTS namespaces; the network is shared.
+fn bwrap_base_args() -> Vec<String> {
+    [
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Whether bubblewrap at `program` can start a process here (it needs user namespaces or setuid).
+fn probe_bwrap(program: &Path) -> Result<(), String> {
+    let mut args = bwrap_base_args();
+    args.extend(["--".to_string(), "true".to_string()]);
+    let out = std::process::Command::new(program)
+        .args(&args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "{} cannot start a sandbox here ({}): {}",
+            program.display(),
+            describe(Ok(out.status)),
+            err.trim()
+        ))
+    }
+}
+
+fn resolve_isolation(choice: &IsolationChoice) -> Result<Isolation, String> {
+    match choice {
+        IsolationChoice::Off => Ok(Isolation::None {
+            reason: "isolation is turned off by configuration".into(),
+        }),
+        IsolationChoice::Bubblewrap(program) => {
+            probe_bwrap(program)?;
+            Ok(Isolation::Bubblewrap {
+                program: program.clone(),
+            })
+        }
+        IsolationChoice::Auto => match find_on_path("bwrap") {
+            None => Ok(Isolation::None {
+                reason: "bubblewrap (bwrap) is not installed".into(),
+            }),
+            Some(program) => match probe_bwrap(&program) {
+                Ok(()) => Ok(Isolation::Bubblewrap { program }),
+                Err(e) => Ok(Isolation::None { reason: e }),
+            },
+        },
+    }
+}
+
+/// Whether `path` is a file someone may execute.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// What the exit of the bridge looks like in `SandboxState::Exited`.
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "exited".to_string(),
+        },
+        Err(e) => format!("lost track of the bridge process: {e}"),
+    }
+}
+
+struct Sandbox {
+    pgid: i32,
+    dir: PathBuf,
+    workspace: PathBuf,
+    /// `Some(reason)` once the bridge has exited (set by its waiter thread).
+    exit: watch::Receiver<Option<String>>,
+    terminated: bool,
+    /// Whether `terminate` found the bridge still running (then the reason says so).
+    terminated_while_running: bool,
+    snapshots: u64,
+}
+
+/// A [`SandboxProvider`] that runs each sandbox as a local process group. See the module docs.
+pub struct LocalProcessSandboxProvider {
+    config: LocalSandboxConfig,
+    isolation: Isolation,
+    boxes: Mutex<HashMap<SandboxId, Sandbox>>,
+}
+
+impl std::fmt::Debug for LocalProcessSandboxProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProcessSandboxProvider")
+            .field("root", &self.config.root)
+            .field("bridge", &self.config.bridge)
+            .field("isolation", &self.isolation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_found(id: &SandboxId) -> SandboxProviderError {
+    SandboxProviderError::NotFound(format!("no sandbox {id}"))
+}
+
+fn unavailable(what: impl std::fmt::Display) -> SandboxProviderError {
+    SandboxProviderError::Unavailable(what.to_string())
+}
+
+/// Makes a private (0700) directory and its parents.
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Removes `path` and everything under it, first making read-only directories writable.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    fn writable(path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            let mut perms = meta.permissions();
+            if perms.mode() & 0o700 != 0o700 {
+                perms.set_mode(perms.mode() | 0o700);
+                std::fs::set_permissions(path, perms)?;
+            }
+            for entry in std::fs::read_dir(path)? {
+                writable(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+    match writable(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        _ => {}
+    }
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// `url` with any `user:password@` replaced by `***@`.
+fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// The user-info part of `url` (`user:password`), if any.
+fn userinfo(url: &str) -> Option<&str> {
+    let scheme_end = url.find("://")? + 3;
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some(&rest[..at]).filter(|s| !s.is_empty())
+}
+
+/// The last few non-empty lines of a tool's stderr, with the repository's credentials scrubbed.
+fn tail_of(stderr: &[u8], url: &str) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut text = text.replace(url, &redact_url(url));
+    if let Some(info) = userinfo(url) {
+        // The whole user info, then its secret half on its own (the password, or a lone token).
+        let secret = info.split_once(':').map_or(info, |(_, password)| password);
+        text = text.replace(info, "***");
+        if !secret.is_empty() {
+            text = text.replace(secret, "***");
+        }
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" / ");
+    tail.chars().take(500).collect()
+}
+
+impl LocalProcessSandboxProvider {
+    /// Builds the provider: makes `root`, resolves the bridge to an absolute path and the isolation
+    /// (logging plainly when there is none). `Err` says what is wrong.
+    pub fn new(mut config: LocalSandboxConfig) -> Result<Self, String> {
+        private_dir(&config.root)
+            .map_err(|e| format!("cannot create {}: {e}", config.root.display()))?;
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        if config.root.is_relative() {
+            config.root = cwd.join(&config.root);
+        }
+        config.hidden = config
+            .hidden
+            .iter()
+            .map(|p| {
+                if p.is_relative() {
+                    cwd.join(p)
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+        // A bare name is looked up on PATH now; a relative path is taken from the current
+        // directory (the bridge's cwd is its workspace, so it must not be resolved from there).
+        if config.bridge.components().count() == 1 && config.bridge.is_relative() {
+            if let Some(found) = find_on_path(&config.bridge.to_string_lossy()) {
+                config.bridge = found;
+            }
+        } else if config.bridge.is_relative() {
+            config.bridge = cwd.join(&config.bridge);
+        }
+        let isolation = resolve_isolation(&config.isolation)?;
+        if isolation.is_isolated() {
+            tracing::info!(isolation = %isolation, bridge = %config.bridge.display(), "local sandboxes");
+        } else {
+            tracing::warn!(bridge = %config.bridge.display(), "local sandboxes are {isolation}");
+        }
+        Ok(LocalProcessSandboxProvider {
+            config,
+            isolation,
+            boxes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How sandboxes are isolated, in words an operator can act on.
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+
+    /// The bridge program this provider starts.
+    pub fn bridge(&self) -> &Path {
+        &self.config.bridge
+    }
+
+    /// Where sandbox directories are made.
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    /// The workspace directory of sandbox `id`.
+    pub fn workspace(&self, id: &SandboxId) -> Option<PathBuf> {
+        self.lock().get(id).map(|b| b.workspace.clone())
+    }
+
+    /// The process group of sandbox `id` (its bridge's pid), for inspection.
+    pub fn process_group(&self, id: &SandboxId) -> Option<i32> {
+        self.lock().get(id).map(|b| b.pgid)
+    }
+
+    /// A future that resolves with the exit reason once sandbox `id`'s bridge has exited and
+    /// whatever it left in its process group was killed. It does not borrow the provider.
+    pub fn exited(
+        &self,
+        id: &SandboxId,
+    ) -> Result<impl std::future::Future<Output = String> + Send + 'static, SandboxProviderError>
+    {
+        let mut exit = self
+            .lock()
+            .get(id)
+            .ok_or_else(|| not_found(id))?
+            .exit
+            .clone();
+        Ok(async move {
+            match exit.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "lost track of the bridge process".to_string(),
+            }
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, Sandbox>> {
+        self.boxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bridge's whole environment.
+    fn sandbox_env(
+        &self,
+        spec: &SpawnSpec,
+        id: &SandboxId,
+        workspace: &Path,
+        home: &Path,
+    ) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+        );
+        env.insert(
+            "LANG".to_string(),
+            std::env::var("LANG").unwrap_or_else(|_| DEFAULT_LANG.to_string()),
+        );
+        env.extend(self.config.env.clone());
+        env.extend(spec.env.clone());
+        let mut reserved = vec![
+            ("HOME", home.display().to_string()),
+            (ENV_CALLBACK_URL, spec.callback_url.clone()),
+            (ENV_SANDBOX_TOKEN, spec.token.clone()),
+            (ENV_SANDBOX_ID, id.to_string()),
+            (ENV_SESSION_KEY, spec.session_key.clone()),
+            (ENV_WORKSPACE, workspace.display().to_string()),
+            (ENV_IDLE_TIMEOUT_S, spec.timeouts.idle_s.to_string()),
+            (ENV_MAX_LIFETIME_S, spec.timeouts.max_s.to_string()),
+            (ENV_AGENT, spec.agent.clone()),
+        ];
+        env.remove(ENV_AGENT_COMMAND);
+        if let Some(command) = self.config.agent_commands.get(&spec.agent) {
+            reserved.push((ENV_AGENT_COMMAND, command.clone()));
+        }
+        for (name, value) in reserved {
+            env.insert(name.to_string(), value);
+        }
+        env
+    }
+
+    /// The command that starts the bridge, directly or under bubblewrap.
+    fn bridge_command(
+        &self,
+        workspace: &Path,
+        home: &Path,
+        agent_program: Option<&Path>,
+    ) -> std::process::Command {
+        match &self.isolation {
+            Isolation::None { .. } => {
+                let mut cmd = std::process::Command::new(&self.config.bridge);
+                cmd.args(&self.config.bridge_args);
+                cmd
+            }
+            Isolation::Bubblewrap { program } => {
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(bwrap_base_args());
+                // Outermost first; a path inside another hidden one is covered already.
+                let mut hidden: Vec<&PathBuf> = self.config.hidden.iter().collect();
+                hidden.sort_by_key(|p| p.components().count());
+                let mut covered: Vec<&PathBuf> = Vec::new();
+                for path in hidden {
+                    if path.exists() && !covered.iter().any(|c| path.starts_with(c)) {
+                        cmd.arg("--tmpfs").arg(path);
+                        covered.push(path);
+                    }
+                }
+                // The bridge and an agent given by absolute path stay reachable even when they
+                // live under /tmp or a hidden path.
+                let agent = agent_program.filter(|p| p.is_absolute() && p.exists());
+                for program in std::iter::once(self.config.bridge.as_path()).chain(agent) {
+                    cmd.arg("--ro-bind").arg(program).arg(program);
+                }
+                cmd.arg("--bind").arg(workspace).arg(workspace);
+                cmd.arg("--bind").arg(home).arg(home);
+                cmd.arg("--chdir").arg(workspace);
+                cmd.arg("--").arg(&self.config.bridge);
+                cmd.args(&self.config.bridge_args);
+                cmd
+            }
+        }
+    }
+
+    /// `git clone` of `repo` into `workspace` (which must not exist yet), then a checkout of its
+    /// ref. A bad URL or ref is `Invalid`, git missing is `Unavailable`, too slow is `Timeout`.
+    async fn clone_repo(
+        &self,
+        repo: &RepoSpec,
+        workspace: &Path,
+        home: &Path,
+    ) -> Result<(), SandboxProviderError> {
+        if repo.url.trim().is_empty() || repo.url.starts_with('-') {
+            return Err(SandboxProviderError::Invalid(format!(
+                "{:?} is not a repository URL",
+                redact_url(&repo.url)
+            )));
+        }
+        if let Some(r) = &repo.git_ref {
+            if r.is_empty() || r.starts_with('-') || r.contains(char::is_whitespace) {
+                return Err(SandboxProviderError::Invalid(format!(
+                    "{r:?} is not a git ref"
+                )));
+            }
+        }
+        let shown = redact_url(&repo.url);
+        let mut steps: Vec<Vec<std::ffi::OsString>> = vec![vec![
+            "clone".into(),
+            "--quiet".into(),
+            "--no-hardlinks".into(),
+            "--".into(),
+            repo.url.clone().into(),
+            workspace.as_os_str().to_owned(),
+        ]];
+        if let Some(r) = &repo.git_ref {
+            steps.push(vec![
+                "-C".into(),
+                workspace.as_os_str().to_owned(),
+                "checkout".into(),
+                "--quiet".into(),
+                r.into(),
+                "--".into(),
+            ]);
+        }
+        let deadline = tokio::time::Instant::now() + self.config.clone_timeout;
+        for args in steps {
+            let mut cmd = tokio::process::Command::new("git");
+            cmd.args(&args)
+                .env_clear()
+                .env(
+                    "PATH",
+                    std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+                )
+                .env("HOME", home)
+                .env("LANG", "C")
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+            let child = cmd
+                .spawn()
+                .map_err(|e| unavailable(format!("cannot run git to clone {shown}: {e}")))?;
+            let pgid = child.id().map(|p| p as i32);
+            match tokio::time::timeout_at(deadline, child.wait_with_output()).await {
+                Ok(Ok(out)) if out.status.success() => {}
+                Ok(Ok(out)) => {
+                    return Err(SandboxProviderError::Invalid(format!(
+                        "cannot clone {shown}{} ({}): {}",
+                        repo.git_ref
+                            .as_ref()
+                            .map(|r| format!(" at {r}"))
+                            .unwrap_or_default(),
+                        describe(Ok(out.status)),
+                        tail_of(&out.stderr, &repo.url)
+                    )))
+                }
+                Ok(Err(e)) => return Err(unavailable(format!("git clone of {shown}: {e}"))),
+                Err(_) => {
+                    if let Some(pgid) = pgid {
+                        sys::signal_group(pgid, SIGKILL);
+                    }
+                    return Err(SandboxProviderError::Timeout(format!(
+                        "cloning {shown} took longer than {:?}",
+                        self.config.clone_timeout
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the sandbox's directories, clones its repository and starts its bridge.
+    async fn start(
+        &self,
+        spec: &SpawnSpec,
+        id: &SandboxId,
+        dir: &Path,
+    ) -> Result<Sandbox, SandboxProviderError> {
+        let (workspace, home) = (dir.join("workspace"), dir.join("home"));
+        private_dir(&home)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", home.display())))?;
+        match &spec.repo {
+            Some(repo) => self.clone_repo(repo, &workspace, &home).await?,
+            None => private_dir(&workspace)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", workspace.display())))?,
+        }
+        // Checked here because under bubblewrap a missing bridge would only show once bwrap ran.
+        if !is_executable(&self.config.bridge) {
+            return Err(unavailable(format!(
+                "the bridge {} is not an executable file (see --bridge)",
+                self.config.bridge.display()
+            )));
+        }
+        let log_path = dir.join("bridge.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(unavailable)?;
+        let agent_program = self
+            .config
+            .agent_commands
+            .get(&spec.agent)
+            .and_then(|line| line.split_whitespace().next())
+            .map(PathBuf::from);
+        let mut cmd = self.bridge_command(&workspace, &home, agent_program.as_deref());
+        cmd.env_clear()
+            .envs(self.sandbox_env(spec, id, &workspace, &home))
+            .current_dir(&workspace)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let mut child = cmd.spawn().map_err(|e| {
+            unavailable(format!(
+                "cannot start the bridge {}: {e}",
+                self.config.bridge.display()
+            ))
+        })?;
+        let pgid = child.id() as i32;
+
+        // The waiter reaps the bridge, kills what it left in its group, and publishes the exit.
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let waiter = std::thread::Builder::new()
+            .name(format!("sandbox-{id}"))
+            .spawn(move || {
+                let status = child.wait();
+                sys::signal_group(pgid, SIGKILL);
+                let _ = done_tx.send(());
+                exit_tx.send_replace(Some(describe(status)));
+            });
+        if let Err(e) = waiter {
+            sys::signal_group(pgid, SIGKILL);
+            return Err(unavailable(format!("cannot watch the bridge: {e}")));
+        }
+        // The deadline ends a sandbox that outlives its spec's maximum lifetime.
+        if spec.timeouts.max_s > 0 {
+            let (max, grace, sandbox, under_bwrap) = (
+                Duration::from_secs(spec.timeouts.max_s),
+                self.config.terminate_grace,
+                id.clone(),
+                self.isolation.is_isolated(),
+            );
+            let deadline = std::thread::Builder::new()
+                .name(format!("sandbox-{id}-deadline"))
+                .spawn(move || {
+                    use std::sync::mpsc::RecvTimeoutError::Timeout;
+                    if let Err(Timeout) = done_rx.recv_timeout(max) {
+                        tracing::warn!(sandbox = %sandbox, "the sandbox reached its maximum lifetime of {max:?}; ending it");
+                        ask_to_end(pgid, under_bwrap);
+                        if let Err(Timeout) = done_rx.recv_timeout(grace) {
+                            sys::signal_group(pgid, SIGKILL);
+                        }
+                    }
+                });
+            if let Err(e) = deadline {
+                sys::signal_group(pgid, SIGKILL);
+                return Err(unavailable(format!(
+                    "cannot watch the sandbox's lifetime: {e}"
+                )));
+            }
+        }
+        Ok(Sandbox {
+            pgid,
+            dir: dir.to_path_buf(),
+            workspace,
+            exit: exit_rx,
+            terminated: false,
+            terminated_while_running: false,
+            snapshots: 0,
+        })
+    }
+}
+
+/// Waits until the bridge's exit is published, at most `within`.
+async fn exited_within(exit: &mut watch::Receiver<Option<String>>, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, exit.wait_for(Option::is_some)).await,
+        Ok(Ok(_))
+    )
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && !name.contains('\0')
+}
+
+#[async_trait]
+impl SandboxProvider for LocalProcessSandboxProvider {
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<SandboxId, SandboxProviderError> {
+        if spec.callback_url.is_empty() || spec.token.is_empty() {
+            return Err(SandboxProviderError::Invalid(
+                "a spawn spec needs a callback URL and a token".into(),
+            ));
+        }
+        if let Some((name, _)) = spec
+            .env
+            .iter()
+            .find(|(k, v)| !valid_env_name(k) || v.contains('\0'))
+        {
+            return Err(SandboxProviderError::Invalid(format!(
+                "{name:?} cannot be an environment variable"
+            )));
+        }
+        let id = SandboxId::parse(format!("lp-{}", uuid::Uuid::now_v7().simple()))
+            .expect("lp-<hex> is a valid sandbox id");
+        let dir = self.config.root.join(id.as_str());
+        private_dir(&dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        match self.start(spec, &id, &dir).await {
+            Ok(sandbox) => {
+                tracing::info!(sandbox = %id, session = %spec.session_key, pgid = sandbox.pgid, isolated = self.isolation.is_isolated(), "sandbox started");
+                self.lock().insert(id.clone(), sandbox);
+                Ok(id)
+            }
+            Err(e) => {
+                let dir = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || remove_tree(&dir)).await;
+                tracing::warn!(session = %spec.session_key, error = %e, "sandbox did not start");
+                Err(e)
+            }
+        }
+    }
+
+    async fn status(&self, id: &SandboxId) -> Result<SandboxState, SandboxProviderError> {
+        let boxes = self.lock();
+        let sandbox = boxes.get(id).ok_or_else(|| not_found(id))?;
+        let exit = sandbox.exit.borrow().clone();
+        Ok(match exit {
+            None => SandboxState::Running,
+            Some(reason) if sandbox.terminated_while_running => SandboxState::Exited {
+                reason: format!("terminated ({reason})"),
+            },
+            Some(reason) => SandboxState::Exited { reason },
+        })
+    }
+
+    async fn terminate(&self, id: &SandboxId) -> Result<(), SandboxProviderError> {
+        let (pgid, mut exit, first, dir) = {
+            let mut boxes = self.lock();
+            let sandbox = boxes.get_mut(id).ok_or_else(|| not_found(id))?;
+            let first = !sandbox.terminated;
+            if first {
+                sandbox.terminated = true;
+                sandbox.terminated_while_running = sandbox.exit.borrow().is_none();
+            }
+            (
+                sandbox.pgid,
+                sandbox.exit.clone(),
+                first,
+                sandbox.dir.clone(),
+            )
+        };
+        let grace = self.config.terminate_grace;
+        if first && exit.borrow().is_none() {
+            ask_to_end(pgid, self.isolation.is_isolated());
+            if !exited_within(&mut exit, grace).await {
+                tracing::warn!(sandbox = %id, "the sandbox ignored SIGTERM for {grace:?}; killing it");
+                sys::signal_group(pgid, SIGKILL);
+            }
+        }
+        // A concurrent or repeated terminate waits for the same end.
+        if !exited_within(&mut exit, grace + KILL_WAIT).await {
+            return Err(unavailable(format!(
+                "sandbox {id} (process group {pgid}) did not end after SIGKILL"
+            )));
+        }
+        if first {
+            let removed = tokio::task::spawn_blocking(move || {
+                remove_tree(&dir.join("workspace"))?;
+                remove_tree(&dir.join("home"))
+            })
+            .await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!(sandbox = %id, error = %e, "could not remove the sandbox's workspace");
+            }
+            tracing::info!(sandbox = %id, "sandbox terminated");
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&self, id: &SandboxId) -> Result<String, SandboxProviderError> {
+        let (workspace, file) = {
+            let mut boxes = self.lock();
+            let sandbox = boxes.get_mut(id).ok_or_else(|| not_found(id))?;
+            if sandbox.terminated || sandbox.exit.borrow().is_some() {
+                return Err(SandboxProviderError::Conflict(format!(
+                    "sandbox {id} has exited"
+                )));
+            }
+            sandbox.snapshots += 1;
+            (
+                sandbox.workspace.clone(),
+                sandbox
+                    .dir
+                    .join("snapshots")
+                    .join(format!("{}.tar.gz", sandbox.snapshots)),
+            )
+        };
+        if let Some(parent) = file.parent() {
+            private_dir(parent)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let child = tokio::process::Command::new("tar")
+            .arg("-czf")
+            .arg(&file)
+            .arg("-C")
+            .arg(&workspace)
+            .arg(".")
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+            )
+            .env("LANG", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| unavailable(format!("cannot run tar: {e}")))?;
+        match tokio::time::timeout(SNAPSHOT_TIMEOUT, child.wait_with_output()).await {
+            Ok(Ok(out)) if out.status.success() => Ok(file.display().to_string()),
+            Ok(Ok(out)) => {
+                let _ = std::fs::remove_file(&file);
+                Err(unavailable(format!(
+                    "tar of the workspace of {id} failed ({}): {}",
+                    describe(Ok(out.status)),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+            Ok(Err(e)) => Err(unavailable(format!("tar of the workspace of {id}: {e}"))),
+            Err(_) => {
+                let _ = std::fs::remove_file(&file);
+                Err(SandboxProviderError::Timeout(format!(
+                    "the snapshot of {id} took longer than {SNAPSHOT_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+}
+
+impl Drop for LocalProcessSandboxProvider {
+    /// Kills every sandbox still running; the waiter threads reap them.
+    fn drop(&mut self) {
+        let boxes = self.boxes.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (id, sandbox) in boxes.iter() {
+            if sandbox.exit.borrow().is_none() {
+                tracing::info!(sandbox = %id, "the provider is dropped: killing the sandbox");
+                sys::signal_group(sandbox.pgid, SIGKILL);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_appear_in_messages() {
+        let url = "https://x-access-token:ghs_secret123@github.com/acme/app.git";
+        assert_eq!(redact_url(url), "https://***@github.com/acme/app.git");
+        assert_eq!(userinfo(url), Some("x-access-token:ghs_secret123"));
+        let stderr = format!("fatal: unable to access '{url}': 403\nremote: ghs_secret123 bad\n");
+        let tail = tail_of(stderr.as_bytes(), url);
+        assert!(!tail.contains("ghs_secret123"), "{tail}");
+        assert!(tail.contains("403"), "{tail}");
+        assert_eq!(redact_url("/srv/repo"), "/srv/repo");
+        assert_eq!(
+            redact_url("file:///srv/a@b/repo"),
+            "file:///srv/a@b/repo",
+            "an @ in the path is not user info"
+        );
+    }
+
+    #[test]
+    fn exit_reasons_name_the_code_or_signal() {
+        assert_eq!(
+            describe(Ok(ExitStatus::from_raw(3 << 8))),
+            "exited with code 3"
+        );
+        assert_eq!(describe(Ok(ExitStatus::from_raw(9))), "killed by signal 9");
+    }
+}
