@@ -681,6 +681,14 @@ async fn the_isolation_is_said_plainly() {
     assert!(!off.isolation().is_isolated());
     assert!(off.isolation().to_string().contains("NOT isolated"));
     let auto = provider(LocalSandboxConfig::new(dir.0.join("sandboxes")));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        // CI installs bubblewrap (scripts/ensure-sandbox-tools.sh): there the isolated path runs.
+        assert!(
+            auto.isolation().is_isolated(),
+            "under CI local sandboxes must be isolated: {}",
+            auto.isolation()
+        );
+    }
     match (find_on_path("bwrap"), auto.isolation()) {
         (None, Isolation::None { reason }) => {
             assert!(reason.contains("not installed"), "{reason}")
