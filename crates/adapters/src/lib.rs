@@ -11,6 +11,8 @@ pub mod broadcast_bus;
 pub mod direct_gateway;
 #[cfg(feature = "fs-artifacts")]
 pub mod fs_artifacts;
+#[cfg(feature = "git-repo-host")]
+pub mod git_repo_host;
 #[cfg(feature = "jsonl-audit")]
 pub mod jsonl_audit;
 #[cfg(feature = "tokio-host")]

@@ -346,6 +346,7 @@ impl SessionHost for LocalSessionHost {
             agent: request.agent,
             repo: request.repo,
             created_by: principal.attribution(),
+            permissions: request.permissions,
         });
         for _ in 0..SEND_ATTEMPTS {
             let existing = {

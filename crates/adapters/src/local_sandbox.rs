@@ -348,7 +348,9 @@ fn probe_bwrap(program: &Path) -> Result<(), String> {
     }
 }
 
-fn resolve_isolation(choice: &IsolationChoice) -> Result<Isolation, String> {
+/// How sandboxes would be isolated under `choice`, probing bubblewrap (it runs `true` in a
+/// throw-away sandbox and writes nothing). `Err` when an explicit bubblewrap does not work.
+pub fn resolve_isolation(choice: &IsolationChoice) -> Result<Isolation, String> {
     match choice {
         IsolationChoice::Off => Ok(Isolation::None {
             reason: "isolation is turned off by configuration".into(),

@@ -21,6 +21,8 @@ pub const EMBEDDED_PRICES: &[(&str, u64, u64)] = &[
     ("openai/gpt-5", 1_250_000, 10_000_000),
     ("openai/gpt-5-mini", 250_000, 2_000_000),
     ("openai/gpt-4.1", 2_000_000, 8_000_000),
+    ("openai/gpt-4.1-mini", 400_000, 1_600_000),
+    ("openai/gpt-4.1-nano", 100_000, 400_000),
     ("openai/gpt-4o", 2_500_000, 10_000_000),
     ("openai/gpt-4o-mini", 150_000, 600_000),
     ("openai/o4-mini", 1_100_000, 4_400_000),

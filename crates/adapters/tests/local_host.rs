@@ -83,6 +83,7 @@ impl World {
             model: ModelRef::parse(MODEL).unwrap(),
             agent: "opencode".into(),
             repo: None,
+            permissions: None,
         };
         self.host.create(&self.principal, request).await.unwrap();
     }
@@ -419,6 +420,7 @@ async fn racing_requests_for_one_key_meet_one_task() {
         model: ModelRef::parse(MODEL).unwrap(),
         agent: "opencode".into(),
         repo: None,
+        permissions: None,
     };
 
     // A lookup still finding out that the session does not exist does not make `create` fail.

@@ -210,6 +210,7 @@ async fn first_life(store: &dyn SessionStore) -> FirstLife {
         agent: "opencode".into(),
         repo: None,
         created_by: by.clone(),
+        permissions: None,
     };
     let mut now = Timestamp::from_millis(T0);
     let mut machine = Session::new(now, SessionConfig::default(), init);

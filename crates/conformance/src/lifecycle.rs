@@ -385,6 +385,7 @@ impl Lifecycle {
             model: model().map_err(SessionHostError::Invalid)?,
             agent: "opencode".into(),
             repo: None,
+            permissions: None,
         };
         self.host.create(&self.principal, request).await
     }

@@ -168,6 +168,7 @@ impl SessionHost for InMemorySessionHost {
             agent: request.agent,
             repo: request.repo,
             created_by: principal.attribution(),
+            permissions: request.permissions,
         };
         let runtime = SessionRuntime::create(self.inner.ports.clone(), init).await?;
         let info = runtime.info();
@@ -516,6 +517,7 @@ mod tests {
             model: ModelRef::parse("openai/gpt-test").unwrap(),
             agent: "opencode".into(),
             repo: None,
+            permissions: None,
         };
         block_on(w.host.create(&w.principal, request)).unwrap()
     }

@@ -64,6 +64,11 @@ pub struct RepoToken {
 /// - `unknown_repo_not_found`: an unknown repository (or ref) is `NotFound`.
 /// - `other_tenant_repo_not_found`: a repository granted to another tenant is `NotFound`.
 /// - `clone_token_expires`: clone tokens carry an expiry in the future.
+///
+/// A listing is the whole tree or an error, never a partial list: a host that bounds listings
+/// (time, file count) fails past the bound. What a clone token is (a minted short-lived
+/// credential, a leased configured one, or an opaque token when none is needed) is the
+/// adapter's to document; callers only rely on it being unusable after `expires_at`.
 #[async_trait]
 pub trait RepoHost: Send + Sync {
     async fn clone_token(

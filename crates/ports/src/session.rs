@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_core::protocol::{
     ClientMessage, EventEnvelope, RepoSpec, SandboxMessage, ServerFrame, ServerToSandbox,
 };
-use switchboard_core::session::{Commit, Persisted, SessionInfo};
+use switchboard_core::session::{Commit, PermissionPolicy, Persisted, SessionInfo};
 use switchboard_core::tenancy::{Principal, SessionKey, TenantContext};
 use switchboard_core::{ClientMsgId, ConnId, ModelRef, OrgId, RunId, SessionId, Timestamp};
 
@@ -76,6 +76,10 @@ pub struct CreateSession {
     pub model: ModelRef,
     pub agent: String,
     pub repo: Option<RepoSpec>,
+    /// The session's permission policy, persisted with it; `None` follows the server's
+    /// (`SessionConfig::permission_policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<PermissionPolicy>,
 }
 
 /// A prompt sent over HTTP (`POST /v1/sessions/{id}/prompts`).

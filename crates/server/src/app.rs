@@ -4,12 +4,14 @@
 
 use crate::mint;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use switchboard_core::audit::{AuditAction, AuditEntry, AuditOutcome};
 use switchboard_core::environment::Environment;
+use switchboard_core::protocol::PermissionDecision;
 use switchboard_core::protocol::RepoSpec;
 use switchboard_core::run::RunRecord;
-use switchboard_core::session::SessionInfo;
+use switchboard_core::session::{PermissionMode, PermissionPolicy, SessionInfo};
 use switchboard_core::tenancy::{Principal, Scope};
 use switchboard_core::{
     ApiKeyId, ClientMsgId, ErrorClass, ModelRef, OrgId, RunId, SessionId, UserId,
@@ -21,8 +23,8 @@ use switchboard_ports::identity::{
 use switchboard_ports::record::RunQuery;
 use switchboard_ports::session::{ClientLink, CreateSession, EventPage, PromptRequest, Queued};
 use switchboard_ports::{
-    AuditLog, Authenticator, Classify, Clock, IdentityStore, RunLedger, SecretString, SecretVault,
-    SessionHost,
+    AuditLog, Authenticator, Classify, Clock, IdentityStore, RepoHost, RunLedger, SecretString,
+    SecretVault, SessionHost,
 };
 
 /// An API error: HTTP status, stable snake_case code, human message.
@@ -87,6 +89,87 @@ pub struct CreateSessionBody {
     pub agent: Option<String>,
     #[serde(default)]
     pub repo: Option<RepoSpec>,
+    /// The session's permission policy (default: the server's).
+    #[serde(default)]
+    pub permissions: Option<PermissionsBody>,
+}
+
+/// `POST /v1/sessions` `"permissions"`: `{"default"?, "tools"?: {"<tool>": mode}, "ask_default"?}`,
+/// modes `auto`, `ask` or `deny`, `ask_default` one of the decisions `allow_once`, `allow_always`,
+/// `deny`. Omitted fields take the server policy's values. Read as strings so that a bad value is
+/// answered with a message naming it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PermissionsBody {
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub tools: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ask_default: Option<String>,
+}
+
+/// The most tools a permission policy may name.
+pub const MAX_POLICY_TOOLS: usize = 100;
+
+/// The longest tool name a permission policy may hold, in characters.
+pub const MAX_TOOL_NAME_CHARS: usize = 200;
+
+impl PermissionsBody {
+    /// The policy this body asks for, on top of `base` (the server's). A value that is not a mode
+    /// or a decision, an empty or overlong tool name, or too many tools is 422
+    /// `invalid_permissions`, naming the field.
+    pub fn to_policy(&self, base: &PermissionPolicy) -> Result<PermissionPolicy, ApiError> {
+        let invalid = |message: String| ApiError::new(422, "invalid_permissions", message);
+        let mode = |field: &str, raw: &str| -> Result<PermissionMode, ApiError> {
+            match raw {
+                "auto" => Ok(PermissionMode::Auto),
+                "ask" => Ok(PermissionMode::Ask),
+                "deny" => Ok(PermissionMode::Deny),
+                other => Err(invalid(format!(
+                    "{field} is {other:?}; a permission mode is \"auto\", \"ask\" or \"deny\""
+                ))),
+            }
+        };
+        let default = match &self.default {
+            Some(raw) => mode("permissions.default", raw)?,
+            None => base.default,
+        };
+        if self.tools.len() > MAX_POLICY_TOOLS {
+            return Err(invalid(format!(
+                "permissions.tools names {} tools; at most {MAX_POLICY_TOOLS}",
+                self.tools.len()
+            )));
+        }
+        let mut per_tool = BTreeMap::new();
+        for (tool, raw) in &self.tools {
+            let chars = tool.chars().count();
+            if tool.trim().is_empty() || chars > MAX_TOOL_NAME_CHARS {
+                return Err(invalid(format!(
+                    "permissions.tools: a tool name is 1-{MAX_TOOL_NAME_CHARS} characters, not blank"
+                )));
+            }
+            per_tool.insert(
+                tool.clone(),
+                mode(&format!("permissions.tools.{tool}"), raw)?,
+            );
+        }
+        let ask_default = match self.ask_default.as_deref() {
+            None => base.ask_default,
+            Some("allow_once") => PermissionDecision::AllowOnce,
+            Some("allow_always") => PermissionDecision::AllowAlways,
+            Some("deny") => PermissionDecision::Deny,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "permissions.ask_default is {other:?}; it is one of \"allow_once\", \"allow_always\", \"deny\""
+                )))
+            }
+        };
+        Ok(PermissionPolicy {
+            default,
+            per_tool,
+            ask_default,
+        })
+    }
 }
 
 /// `POST /v1/sessions/{id}/prompts` body.
@@ -187,6 +270,10 @@ pub struct App {
     pub ledger: Arc<dyn RunLedger>,
     pub audit: Arc<dyn AuditLog>,
     pub clock: Arc<dyn Clock>,
+    /// The permission policy of sessions created without one (the server's).
+    pub permission_policy: PermissionPolicy,
+    /// Lists repositories for `POST /v1/environment/detect` `{"repo"}`; `None`: not configured.
+    pub repo_host: Option<Arc<dyn RepoHost>>,
 }
 
 fn require(principal: &Principal, scope: Scope) -> Result<(), ApiError> {
@@ -590,8 +677,10 @@ impl App {
         Ok(())
     }
 
-    /// `POST /v1/environment/detect`: autodiscovery over a file list. A `repo` needs a repo host to
-    /// list it, which this server does not have yet: 422 until one is wired.
+    /// `POST /v1/environment/detect`: autodiscovery over a file list, or over the tracked files of
+    /// a repository the repo host lists for the caller's org. Without a repo host a `repo` is 422
+    /// `repo_host_unavailable`; the host's errors keep their class (a repository the org may not
+    /// read is 404 like a missing one, git unreachable is 503).
     pub async fn detect_environment(
         &self,
         principal: &Principal,
@@ -599,20 +688,48 @@ impl App {
     ) -> Result<Detected, ApiError> {
         require(principal, Scope::Sessions)?;
         match (body.files, body.repo) {
-            (Some(_), Some(_)) => Err(ApiError::new(400, "invalid", "send either files or repo, not both")),
-            (None, None) => Err(ApiError::new(400, "invalid", "send {\"files\": [...]} or {\"repo\": {\"url\"}}")),
-            (None, Some(_)) => Err(ApiError::new(
-                422,
-                "repo_host_unavailable",
-                "detection from a repository needs a repo host, and none is configured on this server; send the file list as {\"files\": [...]}",
+            (Some(_), Some(_)) => Err(ApiError::new(
+                400,
+                "invalid",
+                "send either files or repo, not both",
             )),
+            (None, None) => Err(ApiError::new(
+                400,
+                "invalid",
+                "send {\"files\": [...]} or {\"repo\": {\"url\"}}",
+            )),
+            (None, Some(repo)) => {
+                let Some(repos) = &self.repo_host else {
+                    return Err(ApiError::new(
+                        422,
+                        "repo_host_unavailable",
+                        "detection from a repository needs a repo host, and none is configured on this server; send the file list as {\"files\": [...]}",
+                    ));
+                };
+                let files = repos
+                    .list_files(&principal.tenant(), &repo)
+                    .await
+                    .map_err(ApiError::from_port)?;
+                Ok(Self::detect_files(&files))
+            }
             (Some(files), None) => {
                 if files.len() > MAX_DETECT_FILES {
-                    return Err(ApiError::new(400, "invalid", format!("at most {MAX_DETECT_FILES} files")));
+                    return Err(ApiError::new(
+                        400,
+                        "invalid",
+                        format!("at most {MAX_DETECT_FILES} files"),
+                    ));
                 }
-                let file_count = switchboard_core::environment::counted_paths(&files).len() as u64;
-                Ok(Detected { environment: switchboard_core::environment::detect(&files), file_count })
+                Ok(Self::detect_files(&files))
             }
+        }
+    }
+
+    fn detect_files(files: &[String]) -> Detected {
+        let file_count = switchboard_core::environment::counted_paths(files).len() as u64;
+        Detected {
+            environment: switchboard_core::environment::detect(files),
+            file_count,
         }
     }
 
@@ -678,6 +795,11 @@ impl App {
         let model = ModelRef::parse(body.model.as_deref().unwrap_or(""))
             .map_err(|e| ApiError::new(422, "invalid_model", e.to_string()))?;
         let agent = body.agent.unwrap_or_else(|| DEFAULT_AGENT.to_string());
+        let permissions = body
+            .permissions
+            .as_ref()
+            .map(|p| p.to_policy(&self.permission_policy))
+            .transpose()?;
         let session_id = SessionId::parse(format!("ses_{}", mint::uuid_v7()))
             .expect("a minted session id is valid");
         self.host
@@ -688,6 +810,7 @@ impl App {
                     model,
                     agent,
                     repo: body.repo,
+                    permissions,
                 },
             )
             .await

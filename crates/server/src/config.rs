@@ -32,6 +32,14 @@ pub struct ServeConfig {
     /// A running run must show life within this many seconds.
     #[arg(long, env = "SWITCHBOARD_RUN_IDLE_TIMEOUT_S", default_value_t = 300)]
     pub run_idle_timeout_s: u64,
+    /// A sandbox whose socket dropped may dial back within this many seconds; then it is lost
+    /// (its run fails `sandbox_lost`) and the next prompt gets a new sandbox.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SANDBOX_RECONNECT_GRACE_S",
+        default_value_t = 30
+    )]
+    pub sandbox_reconnect_grace_s: u64,
     /// An idle session with no clients is dropped from memory after this many seconds.
     #[arg(long, env = "SWITCHBOARD_HIBERNATE_AFTER_S", default_value_t = 60)]
     pub hibernate_after_s: u64,
@@ -56,6 +64,40 @@ pub struct ServeConfig {
     /// arguments separated by spaces (default: `opencode acp`).
     #[arg(long, env = "SWITCHBOARD_AGENT_COMMAND")]
     pub agent_command: Option<String>,
+    /// An `ask` permission request waits this many seconds for a client's answer; then the
+    /// session policy's `ask_default` applies.
+    #[arg(long, env = "SWITCHBOARD_PERMISSION_TIMEOUT_S", default_value_t = 60)]
+    pub permission_timeout_s: u64,
+    /// Repositories tenants may list with `POST /v1/environment/detect {"repo"}`, as
+    /// `ORG_ID=URL_PREFIX` (`*=URL_PREFIX`: every org, remote prefixes only; a local path must
+    /// name its org). Repeat the flag or separate with commas. None: no repo host is configured.
+    #[arg(
+        long = "repo-grant",
+        env = "SWITCHBOARD_REPO_GRANTS",
+        value_delimiter = ','
+    )]
+    pub repo_grants: Vec<String>,
+    /// Model providers routed to a base URL of the operator's choosing, as `NAME=URL` (e.g.
+    /// `openai=http://127.0.0.1:4000/v1`), replacing a default route of the same name. Repeat the
+    /// flag or separate with commas. Added after `SWITCHBOARD_PROVIDER_<NAME>_BASE_URL`, so these
+    /// win.
+    #[arg(
+        long = "provider",
+        env = "SWITCHBOARD_PROVIDERS",
+        value_delimiter = ',',
+        value_parser = parse_provider
+    )]
+    pub providers: Vec<(String, String)>,
+}
+
+/// `NAME=URL` of `--provider`.
+fn parse_provider(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, url)) if !name.trim().is_empty() && !url.trim().is_empty() => {
+            Ok((name.trim().to_string(), url.trim().to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAME=URL")),
+    }
 }
 
 /// The sandbox providers `serve` can use.
@@ -77,11 +119,15 @@ impl ServeConfig {
             public_url: None,
             spawn_timeout_s: 120,
             run_idle_timeout_s: 300,
+            sandbox_reconnect_grace_s: 30,
             hibernate_after_s: 60,
             sandbox_idle_timeout_s: 600,
             sandbox_provider: None,
             bridge: None,
             agent_command: None,
+            permission_timeout_s: 60,
+            repo_grants: Vec::new(),
+            providers: Vec::new(),
         }
     }
 
@@ -135,8 +181,10 @@ impl ServeConfig {
         for (name, value) in [
             ("spawn timeout", self.spawn_timeout_s),
             ("run idle timeout", self.run_idle_timeout_s),
+            ("sandbox reconnect grace", self.sandbox_reconnect_grace_s),
             ("hibernate after", self.hibernate_after_s),
             ("sandbox idle timeout", self.sandbox_idle_timeout_s),
+            ("permission timeout", self.permission_timeout_s),
         ] {
             if value == 0 {
                 return Err(format!("the {name} must be at least 1 second"));
@@ -150,6 +198,7 @@ impl ServeConfig {
                 ));
             }
         }
+        self.repo_host()?;
         if self
             .agent_command
             .as_deref()
@@ -167,10 +216,35 @@ impl ServeConfig {
         SessionConfig {
             spawn_timeout: Duration::from_secs(self.spawn_timeout_s),
             run_idle_timeout: Duration::from_secs(self.run_idle_timeout_s),
+            sandbox_reconnect_grace: Duration::from_secs(self.sandbox_reconnect_grace_s),
             hibernate_after: Duration::from_secs(self.hibernate_after_s),
             sandbox_idle_timeout: Duration::from_secs(self.sandbox_idle_timeout_s),
+            permission_timeout: Duration::from_secs(self.permission_timeout_s),
             ..SessionConfig::default()
         }
+    }
+
+    /// The repo host's settings: a git host caching under `<data dir>/repo-cache` with the
+    /// `--repo-grant`s; `None` when no grant is configured (no repo host). `Err` names a bad grant.
+    pub fn repo_host(
+        &self,
+    ) -> Result<Option<switchboard_adapters::git_repo_host::GitRepoConfig>, String> {
+        use switchboard_adapters::git_repo_host::{GitRepoConfig, RepoGrant};
+        let grants: Vec<&str> = self
+            .repo_grants
+            .iter()
+            .map(|g| g.trim())
+            .filter(|g| !g.is_empty())
+            .collect();
+        if grants.is_empty() {
+            return Ok(None);
+        }
+        let mut config = GitRepoConfig::new(self.data_dir.join("repo-cache"));
+        for grant in grants {
+            config = config
+                .with_grant(RepoGrant::parse(grant).map_err(|e| format!("--repo-grant: {e}"))?);
+        }
+        Ok(Some(config))
     }
 
     /// Where sandboxes dial back: the public URL, or the address actually bound.
@@ -197,6 +271,16 @@ mod tests {
         c.public_url = None;
         c.spawn_timeout_s = 0;
         assert!(c.validate().unwrap_err().contains("spawn timeout"));
+    }
+
+    #[test]
+    fn providers_are_name_equals_url() {
+        assert_eq!(
+            parse_provider(" openai = http://127.0.0.1:9/v1 "),
+            Ok(("openai".to_string(), "http://127.0.0.1:9/v1".to_string()))
+        );
+        assert!(parse_provider("openai").unwrap_err().contains("NAME=URL"));
+        assert!(parse_provider("=http://x").is_err());
     }
 
     #[test]

@@ -107,10 +107,15 @@ impl Deployment {
             )) as Arc<dyn SessionStore>,
             sandboxes: sandboxes.clone(),
             // Direct BYOK: the tenant's own key, opened from the vault for each run; extra
-            // providers come from `SWITCHBOARD_PROVIDER_<NAME>_BASE_URL`.
-            gateway: Arc::new(
+            // providers come from `SWITCHBOARD_PROVIDER_<NAME>_BASE_URL`, then `--provider`.
+            gateway: Arc::new(config.providers.iter().try_fold(
                 DirectModelGateway::new(vault.clone()).with_env_providers(std::env::vars())?,
-            ),
+                |gateway, (name, url)| {
+                    gateway
+                        .with_provider(name.clone(), url.clone())
+                        .map_err(|e| format!("--provider: {e}"))
+                },
+            )?),
             prices: Arc::new(EmbeddedPriceBook::new()),
             ledger: Arc::new(crate::metered::MeteredRunLedger::new(ledger.clone())),
             bus: bus.clone(),
@@ -120,7 +125,22 @@ impl Deployment {
             callback_base,
             config: config.session_config(),
         };
+        let permission_policy = ports.config.permission_policy.clone();
         let host = Arc::new(LocalSessionHost::new(ports));
+        // Repositories tenants may list for environment detection: the git host, when the
+        // operator granted any (`--repo-grant`). Session repositories are cloned by the sandbox
+        // provider, not through it.
+        let repo_host = config.repo_host()?.map(|repos| {
+            tracing::info!(
+                grants = repos.grants.len(),
+                cache = %repos.cache_dir.display(),
+                "repo host: git"
+            );
+            Arc::new(switchboard_adapters::git_repo_host::GitRepoHost::new(
+                repos,
+                clock.clone(),
+            )) as Arc<dyn switchboard_ports::RepoHost>
+        });
         let app = App {
             identity: identity.clone(),
             authenticator: Arc::new(StoreAuthenticator::new(identity, clock.clone())),
@@ -129,6 +149,8 @@ impl Deployment {
             ledger,
             audit,
             clock,
+            permission_policy,
+            repo_host,
         };
         Ok(Deployment {
             app,

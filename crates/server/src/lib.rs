@@ -8,12 +8,14 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod deployment;
 pub mod http;
 pub mod journey;
 pub mod metered;
 pub mod mint;
 pub mod scripted;
+pub mod scripted_model;
 pub mod serve;
 pub mod stack;
 

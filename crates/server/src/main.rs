@@ -1,19 +1,12 @@
-//! The `switchboard` binary: `demo` runs the whole session lifecycle in-process and prints it;
-//! `serve` runs the server; `ports` prints the registry of ports; `migrate` applies the schema;
-//! `admin`, `doctor` and `session` are in `switchboard_server::cli`.
+//! The `switchboard` binary: `demo` runs the whole product on this machine (see
+//! `switchboard_server::demo`); `serve` runs the server; `ports` prints the registry of ports;
+//! `migrate` applies the schema; `admin`, `doctor` and `session` are in `switchboard_server::cli`.
 
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 use switchboard_adapters::local_sandbox::LocalProcessSandboxProvider;
-use switchboard_core::protocol::ServerFrame;
-use switchboard_core::run::Price;
-use switchboard_core::session::SessionConfig;
-use switchboard_core::ModelRef;
-use switchboard_fakes::price_book::InMemoryPriceBook;
 use switchboard_ports::PortId;
 use switchboard_server::config::SandboxProviderChoice;
-use switchboard_server::journey::{journey, MODEL};
-use switchboard_server::stack::InMemoryStack;
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one session end to end in this process (in-memory ports, the tokio session host, a
-    /// scripted sandbox) and print every event as the client receives it, then the ledger's runs.
-    Demo,
+    /// Run the product end to end on this machine: the server (embedded SQLite in a temporary
+    /// directory), a local sandbox running the bridge and an agent (OpenCode when installed, else
+    /// the scripted ACP agent), a scripted model server; create an org, store a BYOK key, run a
+    /// prompt that executes a real command in the sandbox, print its events and its ledger record.
+    Demo(switchboard_server::demo::DemoArgs),
     /// Run the server (HTTP API, client and sandbox WebSockets). With no configuration: the
     /// embedded default, SQLite under ./switchboard-data, on 127.0.0.1:8080.
     Serve(switchboard_server::config::ServeConfig),
@@ -56,45 +51,6 @@ enum Command {
     Doctor(switchboard_server::cli::doctor::DoctorArgs),
     /// A terminal client of a running server: `session new|prompt|tail|list`.
     Session(switchboard_server::cli::client::SessionArgs),
-}
-
-fn print_frame(frame: &ServerFrame) {
-    println!(
-        "  <- {}",
-        serde_json::to_string(frame).expect("frames serialize")
-    );
-}
-
-async fn demo() -> Result<(), String> {
-    let price = Price {
-        input_per_mtok_micros: 400_000,
-        output_per_mtok_micros: 1_600_000,
-    };
-    let prices = InMemoryPriceBook::new().with_price(
-        ModelRef::parse(MODEL).expect("the demo model parses"),
-        price,
-    );
-    let stack = InMemoryStack::new(SessionConfig::default(), Arc::new(prices));
-    println!("switchboard demo: one session, two prompts, a reconnect — in-memory ports, tokio host, scripted sandbox");
-    println!("client frames:");
-    let t = journey(&stack, print_frame).await?;
-    println!(
-        "\norg {} (user {}), session {} on {}",
-        t.org.org_id, t.org.user_id, t.session.id, t.session.model
-    );
-    println!(
-        "a second client resumed with after={} and received {} frames",
-        t.resumed_after,
-        t.resumed_client.len()
-    );
-    println!("\nrun ledger:");
-    for run in &t.runs {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&run.summary()).expect("runs serialize")
-        );
-    }
-    Ok(())
 }
 
 async fn serve(config: switchboard_server::config::ServeConfig) -> Result<(), String> {
@@ -166,16 +122,7 @@ fn ports() {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            if let Err(e) = rt.block_on(demo()) {
-                eprintln!("demo failed: {e}");
-                std::process::exit(1);
-            }
-        }
+        Command::Demo(args) => std::process::exit(switchboard_server::demo::main(args)),
         Command::Serve(config) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -47,6 +47,7 @@ impl InMemoryStack {
         let store = Arc::new(InMemorySessionStore::new());
         let bus = Arc::new(InMemoryEventBus::new());
         let audit = Arc::new(InMemoryAuditLog::new());
+        let permission_policy = config.permission_policy.clone();
         let ports = SessionPorts {
             store: store.clone(),
             sandboxes: sandboxes.clone(),
@@ -69,6 +70,8 @@ impl InMemoryStack {
             ledger: ledger.clone(),
             audit: audit.clone(),
             clock: clock_port,
+            permission_policy,
+            repo_host: None,
         };
         InMemoryStack {
             app,

@@ -67,6 +67,9 @@ fn switchboard(args: &[&str]) -> Command {
         "SWITCHBOARD_API_KEY",
         "SWITCHBOARD_LISTEN",
         "SWITCHBOARD_PUBLIC_URL",
+        "SWITCHBOARD_SANDBOX_PROVIDER",
+        "SWITCHBOARD_BRIDGE",
+        "SWITCHBOARD_REPO_GRANTS",
     ] {
         cmd.env_remove(name);
     }
@@ -307,13 +310,14 @@ fn checks(out: &Run) -> Vec<(String, String)> {
         .collect()
 }
 
-const CHECKS: [&str; 6] = [
+const CHECKS: [&str; 7] = [
     "configuration",
     "data directory",
     "database",
     "migrations",
     "master key",
     "sandbox provider",
+    "repo host",
 ];
 
 fn assert_passed(out: &Run) {
@@ -328,9 +332,147 @@ fn assert_passed(out: &Run) {
         checks.iter().all(|(status, _)| status != "FAIL"),
         "{stdout}"
     );
+    // No flag names a provider: `local` when a bridge sits next to the binary, else none.
     assert!(
-        stdout.contains("sandbox provider: none is configured yet"),
-        "says plainly there is no provider:\n{stdout}"
+        stdout.contains("sandbox provider: none (no switchboard-bridge next to this binary")
+            || stdout.contains("sandbox provider: local: bridge "),
+        "says plainly which provider runs sandboxes:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("ok   repo host: none configured (no --repo-grant)"),
+        "{stdout}"
+    );
+}
+
+/// The line of `check`, after its status and name.
+fn check_line(out: &Run, check: &str) -> (String, String) {
+    out.lines()
+        .iter()
+        .find_map(|line| {
+            let (status, rest) = line.split_once(' ')?;
+            let detail = rest.trim_start().strip_prefix(&format!("{check}: "))?;
+            Some((status.to_string(), detail.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no {check} line in:\n{}", out.stdout()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_reports_the_sandbox_provider_and_the_repo_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ScratchDir::create("sb-cli").unwrap();
+    let data = dir_arg(&dir.join("data"));
+    assert!(run(switchboard(&["migrate", "--data-dir", &data]))
+        .await
+        .ok()
+        .starts_with("migrated:"));
+
+    let out = run(switchboard(&[
+        "doctor",
+        "--data-dir",
+        &data,
+        "--sandbox-provider",
+        "none",
+    ]))
+    .await;
+    let (status, detail) = check_line(&out, "sandbox provider");
+    assert_eq!(status, "warn", "{detail}");
+    assert!(
+        detail.starts_with("none (--sandbox-provider none)"),
+        "{detail}"
+    );
+
+    // A local provider with a bridge: the bridge is named, and isolation said plainly.
+    let bridge = dir.join("bridge");
+    std::fs::write(&bridge, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&bridge, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bridge = dir_arg(&bridge);
+    let out = run(switchboard(&[
+        "doctor",
+        "--data-dir",
+        &data,
+        "--bridge",
+        &bridge,
+    ]))
+    .await;
+    let (status, detail) = check_line(&out, "sandbox provider");
+    assert!(
+        detail.starts_with(&format!("local: bridge {bridge}; ")),
+        "{detail}"
+    );
+    let bwrap_works = std::process::Command::new("bwrap")
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--unshare-pid",
+            "--",
+            "true",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(bwrap_works, "CI must provide a working bubblewrap");
+    }
+    if bwrap_works {
+        assert_eq!(status, "ok", "{detail}");
+        assert!(detail.contains("isolation: bubblewrap ("), "{detail}");
+    } else {
+        assert_eq!(status, "warn", "{detail}");
+        assert!(detail.contains("NOT isolated ("), "{detail}");
+    }
+    // `--sandbox-provider local` with no bridge anywhere fails, naming it.
+    let mut cmd = switchboard(&["doctor", "--data-dir", &data, "--sandbox-provider", "local"]);
+    cmd.env("PATH", "/usr/bin:/bin");
+    let out = run(cmd).await;
+    let (status, detail) = check_line(&out, "sandbox provider");
+    if !Path::new(env!("CARGO_BIN_EXE_switchboard"))
+        .with_file_name("switchboard-bridge")
+        .is_file()
+    {
+        assert_eq!(status, "FAIL", "{detail}");
+        assert!(detail.contains("switchboard-bridge"), "{detail}");
+    }
+
+    // Grants configure the git repo host; a bad grant fails the configuration and the host.
+    let out = run(switchboard(&[
+        "doctor",
+        "--data-dir",
+        &data,
+        "--sandbox-provider",
+        "none",
+        "--repo-grant",
+        "org_acme=https://github.com/acme/",
+        "--repo-grant",
+        "*=https://git.example.invalid/",
+    ]))
+    .await;
+    let (status, detail) = check_line(&out, "repo host");
+    assert_eq!(status, "ok", "{detail}");
+    assert!(detail.starts_with("git (git version "), "{detail}");
+    assert!(
+        detail
+            .contains("grants: org_acme=https://github.com/acme/, *=https://git.example.invalid/"),
+        "{detail}"
+    );
+    assert!(
+        !dir.join("data").join("repo-cache").exists(),
+        "the doctor made the repo cache"
+    );
+    let mut cmd = switchboard(&["doctor", "--data-dir", &data, "--sandbox-provider", "none"]);
+    cmd.env("SWITCHBOARD_REPO_GRANTS", "*=/etc");
+    let out = run(cmd).await;
+    assert_failed(&out, "configuration");
+    assert_failed(&out, "repo host");
+    assert!(
+        check_line(&out, "repo host").1.contains("named org"),
+        "{}",
+        out.stdout()
     );
 }
 

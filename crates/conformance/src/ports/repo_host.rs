@@ -228,16 +228,62 @@ fn in_memory() -> (Arc<InMemoryRepoHost>, InMemoryClock, Grant) {
     (host, clock, grant)
 }
 
-/// The fake and every real `RepoHost` (a git-backed host arrives with its issue).
-pub fn implementations() -> Vec<Implementation<Fixture>> {
-    vec![Implementation::new("in_memory", ImplKind::Fake, || async {
-        let (host, clock, grant) = in_memory();
-        Ok(Fixture {
-            host,
-            clock: Arc::new(clock),
-            grant,
+/// The URL prefix of every repository the cases make up (see `unique_url`).
+const CASE_URL_PREFIX: &str = "https://git.example.invalid/";
+
+/// `GitRepoHost` over real git repositories in a scratch directory: the cases' made-up
+/// `https://git.example.invalid/…` URLs are fetched from bare repositories under `repos/` through
+/// a configured rewrite (git's `insteadOf`), and a grant gives the org that exact URL. Each granted
+/// ref is a commit of exactly the granted files; the first ref of a URL is its `HEAD`.
+async fn git_cli_fixture() -> Result<Fixture, String> {
+    use switchboard_adapters::git_repo_host::{scratch, GitRepoConfig, GitRepoHost, RepoGrant};
+    let dir = Arc::new(switchboard_adapters::sql::scratch::ScratchDir::create(
+        "sb-repo-host",
+    )?);
+    let repos = dir.join("repos");
+    let clock: Arc<dyn Clock> = Arc::new(switchboard_adapters::system_clock::SystemClock::new());
+    let config = GitRepoConfig::new(dir.join("cache"))
+        .with_rewrite(CASE_URL_PREFIX, format!("file://{}/", repos.display()));
+    let host = Arc::new(GitRepoHost::new(config, clock.clone()));
+    let granting = host.clone();
+    let grant: Grant = Arc::new(move |org, url, git_ref, files| {
+        let (host, repos, _scratch) = (granting.clone(), repos.clone(), dir.clone());
+        Box::pin(async move {
+            let rest = url.strip_prefix(CASE_URL_PREFIX).ok_or_else(|| {
+                format!("the git fixture only makes {CASE_URL_PREFIX} repositories, not {url}")
+            })?;
+            let path = repos.join(rest);
+            let files: Vec<(String, String)> = files
+                .into_iter()
+                .map(|f| {
+                    let content = format!("contents of {f}\n");
+                    (f, content)
+                })
+                .collect();
+            tokio::task::spawn_blocking(move || scratch::commit_files(&path, &git_ref, &files))
+                .await
+                .map_err(|e| e.to_string())??;
+            host.grant(RepoGrant::new(org, url)?);
+            Ok(())
         })
-    })]
+    });
+    Ok(Fixture { host, clock, grant })
+}
+
+/// The fake and every real `RepoHost`: the git command-line host.
+pub fn implementations() -> Vec<Implementation<Fixture>> {
+    vec![
+        Implementation::new("in_memory", ImplKind::Fake, || async {
+            let (host, clock, grant) = in_memory();
+            Ok(Fixture {
+                host,
+                clock: Arc::new(clock),
+                grant,
+            })
+        }),
+        Implementation::new("git_cli", ImplKind::Adapter, git_cli_fixture)
+            .gated(switchboard_adapters::git_repo_host::scratch::git_gate),
+    ]
 }
 
 /// What callers of a repo host are promised when it fails.

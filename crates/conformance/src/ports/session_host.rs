@@ -194,6 +194,7 @@ fn create_request(session: &str) -> CreateSession {
         model: ModelRef::parse(MODEL).expect("valid model"),
         agent: "opencode".into(),
         repo: None,
+        permissions: None,
     }
 }
 

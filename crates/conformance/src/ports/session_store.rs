@@ -557,6 +557,7 @@ async fn active_run_events_loaded(f: Fixture) -> CaseResult {
         agent: "opencode".into(),
         repo: None,
         created_by: by.clone(),
+        permissions: None,
     };
     let mut now = Timestamp::from_millis(T0);
     let mut machine = Session::new(now, SessionConfig::default(), init);

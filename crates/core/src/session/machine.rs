@@ -143,6 +143,7 @@ impl Session {
             conversation: Vec::new(),
             conversation_from_seq: None,
             permission_asks: Vec::new(),
+            permissions: init.permissions,
         };
         Session {
             key: init.key,
@@ -339,7 +340,16 @@ impl Session {
             queue_length: u32::try_from(self.queue_len()).unwrap_or(u32::MAX),
             last_seq: self.last_seq(),
             created_at: self.state.created_at,
+            permissions: self.permission_policy().clone(),
         }
+    }
+
+    /// The permission policy in force: the session's own, else the server's.
+    pub fn permission_policy(&self) -> &PermissionPolicy {
+        self.state
+            .permissions
+            .as_ref()
+            .unwrap_or(&self.config.permission_policy)
     }
 
     /// The session status as clients see it.

@@ -536,8 +536,7 @@ impl Session {
             return;
         }
         self.mark_started(now);
-        let policy = &self.config.permission_policy;
-        match policy.mode_for(&tool) {
+        match self.permission_policy().mode_for(&tool) {
             PermissionMode::Auto => self.resolve_permission(
                 now,
                 run_id,
@@ -604,7 +603,7 @@ impl Session {
                 .into_iter()
                 .partition(|ask| ask.deadline <= now);
         self.state.permission_asks = waiting;
-        let decision = self.config.permission_policy.ask_default;
+        let decision = self.permission_policy().ask_default;
         for ask in due {
             self.resolve_permission(
                 now,

@@ -11,6 +11,7 @@ use crate::protocol::events::{Event, EventEnvelope, SandboxStatus, SessionStatus
 use crate::protocol::sandbox::{ServerToSandbox, Turn};
 use crate::protocol::spawn::RepoSpec;
 use crate::run::{Price, RunState};
+use crate::session::types::PermissionPolicy;
 use crate::tenancy::Attribution;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,10 @@ pub(super) struct State {
     /// Seq of the `run.queued` of the first run in `conversation`.
     pub conversation_from_seq: Option<u64>,
     pub permission_asks: Vec<PendingAsk>,
+    /// The session's own permission policy (`None`: the server's). Absent in snapshots written
+    /// before sessions could carry one, which read back as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<PermissionPolicy>,
 }
 
 /// The part of a snapshot that names the run in flight (read without decoding the rest).

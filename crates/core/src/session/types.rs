@@ -28,11 +28,13 @@ pub enum PermissionMode {
     Deny,
 }
 
-/// The session's permission policy.
+/// The session's permission policy. On the wire (`POST /v1/sessions` `"permissions"`, and
+/// `GET /v1/sessions/{id}`) it reads `{"default", "tools": {"<tool>": mode}, "ask_default"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PermissionPolicy {
     pub default: PermissionMode,
-    #[serde(default)]
+    /// Modes for named tools, overriding `default`.
+    #[serde(default, rename = "tools", alias = "per_tool")]
     pub per_tool: BTreeMap<String, PermissionMode>,
     /// Applied when an `ask` gets no answer by its deadline.
     pub ask_default: PermissionDecision,
@@ -121,6 +123,8 @@ pub struct SessionInit {
     pub agent: String,
     pub repo: Option<RepoSpec>,
     pub created_by: Attribution,
+    /// The session's own permission policy; `None` follows [`SessionConfig::permission_policy`].
+    pub permissions: Option<PermissionPolicy>,
 }
 
 /// A port call failed; the class decides what the machine does next.
@@ -367,6 +371,8 @@ pub struct SessionInfo {
     pub queue_length: u32,
     pub last_seq: u64,
     pub created_at: Timestamp,
+    /// The permission policy in force: the session's own, else the server's.
+    pub permissions: PermissionPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

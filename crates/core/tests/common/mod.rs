@@ -91,6 +91,7 @@ pub fn session_init() -> SessionInit {
         agent: "opencode".into(),
         repo: None,
         created_by: principal.attribution(),
+        permissions: None,
     }
 }
 

@@ -248,6 +248,40 @@ impl Connection {
         .await
     }
 
+    /// `DELETE /v1/sessions/{id}`: closes the session (its sandbox is terminated).
+    pub async fn close_session(&self, id: &str) -> Result<(), CliError> {
+        let _: Value = self
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/sessions/{}", path_segment(id)?),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `PUT /v1/credentials/{provider}` `{"api_key"}`: stores the org's key for a provider.
+    pub async fn put_credential(&self, provider: &str, api_key: &str) -> Result<(), CliError> {
+        let _: Value = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/credentials/{}", path_segment(provider)?),
+                Some(json!({ "api_key": api_key })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /v1/runs/{run_id}` → the run's record from the ledger, with its events.
+    pub async fn run(&self, run_id: &str) -> Result<Value, CliError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/runs/{}", path_segment(run_id)?),
+            None,
+        )
+        .await
+    }
+
     /// `GET /v1/sessions` → the sessions.
     pub async fn sessions(&self) -> Result<Vec<Value>, CliError> {
         let answer: Value = self

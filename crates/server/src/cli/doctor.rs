@@ -1,12 +1,15 @@
 //! `switchboard doctor`: a read-only health check of what `serve` would run on — configuration,
-//! data directory, database, schema migrations, vault master key, sandbox provider — printing one
-//! line per check (`ok`, `warn` or `FAIL` and the reason). Exit code 0 when nothing failed.
+//! data directory, database, schema migrations, vault master key, sandbox provider, repo host —
+//! printing one line per check (`ok`, `warn` or `FAIL` and the reason). Exit code 0 when nothing
+//! failed.
 //!
 //! Read-only means: nothing is created, migrated or generated. The data directory's writability is
 //! probed with a file that is removed at once; the database is opened only when its file exists;
-//! the master key is parsed from the environment or the key file, never created.
+//! the master key is parsed from the environment or the key file, never created; the sandbox
+//! provider is described without being built (bubblewrap is probed by running `true` in a
+//! throw-away sandbox) and the repo host by running `git --version`.
 
-use crate::config::ServeConfig;
+use crate::config::{SandboxProviderChoice, ServeConfig};
 use std::path::Path;
 use switchboard_adapters::sql::migrations::{inspect, SchemaState};
 use switchboard_adapters::sql::pool::{ping_postgres, ping_sqlite};
@@ -78,6 +81,7 @@ pub const DATABASE: &str = "database";
 pub const MIGRATIONS: &str = "migrations";
 pub const MASTER_KEY: &str = "master key";
 pub const SANDBOX_PROVIDER: &str = "sandbox provider";
+pub const REPO_HOST: &str = "repo host";
 
 /// Runs every check, in order. Never writes anything that outlives the call.
 pub async fn checks(config: &ServeConfig) -> Vec<Check> {
@@ -88,10 +92,8 @@ pub async fn checks(config: &ServeConfig) -> Vec<Check> {
     out.push(master_key(&config.data_dir, |name| {
         std::env::var(name).ok()
     }));
-    out.push(Check::warn(
-        SANDBOX_PROVIDER,
-        "none is configured yet: sessions are created and wait for a sandbox to dial back with its token; no sandbox is started by this server",
-    ));
+    out.push(sandbox_provider(config));
+    out.push(repo_host(config).await);
     if let Some(db) = db.1 {
         match db {
             Db::Sqlite(pool) => pool.close().await,
@@ -114,6 +116,90 @@ fn configuration(config: &ServeConfig) -> Check {
             )
         }
         Err(e) => Check::fail(CONFIGURATION, e),
+    }
+}
+
+/// The sandbox provider `serve` would use, described without building it: for `local`, whether
+/// the bridge is there and how sandboxes would be isolated (bubblewrap works, or NOT isolated and
+/// why).
+fn sandbox_provider(config: &ServeConfig) -> Check {
+    use switchboard_adapters::local_sandbox::{resolve_isolation, Isolation};
+    match config.sandbox_choice() {
+        SandboxProviderChoice::None => {
+            let why = if config.sandbox_provider.is_some() {
+                "--sandbox-provider none"
+            } else {
+                "no switchboard-bridge next to this binary and no --bridge"
+            };
+            Check::warn(
+                SANDBOX_PROVIDER,
+                format!("none ({why}): sessions are created and wait for a sandbox to dial back with its token; no sandbox is started by this server"),
+            )
+        }
+        SandboxProviderChoice::Local => {
+            let local = config.local_sandbox();
+            let bridge = local.bridge.display().to_string();
+            let runnable = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(&local.bridge)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            };
+            if !runnable {
+                return Check::fail(
+                    SANDBOX_PROVIDER,
+                    format!("local: the bridge {bridge} is not an executable file (build switchboard-bridge, or give --bridge)"),
+                );
+            }
+            match resolve_isolation(&local.isolation) {
+                Ok(isolation @ Isolation::Bubblewrap { .. }) => Check::ok(
+                    SANDBOX_PROVIDER,
+                    format!("local: bridge {bridge}; isolation: {isolation}"),
+                ),
+                Ok(isolation @ Isolation::None { .. }) => Check::warn(
+                    SANDBOX_PROVIDER,
+                    format!("local: bridge {bridge}; {isolation}"),
+                ),
+                Err(e) => Check::fail(SANDBOX_PROVIDER, format!("local: bridge {bridge}; {e}")),
+            }
+        }
+    }
+}
+
+/// The repo host `serve` would use: none without `--repo-grant`, else git with its grants (git
+/// must run).
+async fn repo_host(config: &ServeConfig) -> Check {
+    use switchboard_adapters::git_repo_host::GitRepoHost;
+    let repos = match config.repo_host() {
+        Err(e) => return Check::fail(REPO_HOST, e),
+        Ok(None) => {
+            return Check::ok(
+                REPO_HOST,
+                "none configured (no --repo-grant): POST /v1/environment/detect answers {\"repo\"} with 422 repo_host_unavailable",
+            )
+        }
+        Ok(Some(repos)) => repos,
+    };
+    let grants: Vec<String> = repos.grants.iter().map(ToString::to_string).collect();
+    let cache = repos.cache_dir.display().to_string();
+    let host = GitRepoHost::new(
+        repos,
+        std::sync::Arc::new(switchboard_adapters::system_clock::SystemClock::new()),
+    );
+    match host.git_version().await {
+        Ok(version) => Check::ok(
+            REPO_HOST,
+            format!(
+                "git ({version}), cache {cache}, grants: {}",
+                grants.join(", ")
+            ),
+        ),
+        Err(e) => Check::fail(
+            REPO_HOST,
+            format!(
+                "{} grant(s) configured but git cannot run: {e}",
+                grants.len()
+            ),
+        ),
     }
 }
 

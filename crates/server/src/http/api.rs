@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use switchboard_core::protocol::RepoSpec;
 use switchboard_core::run::RunRecord;
-use switchboard_core::session::SessionInfo;
+use switchboard_core::session::{PermissionPolicy, SessionInfo};
 use switchboard_core::tenancy::Scope;
 use switchboard_core::ClientMsgId;
 use switchboard_ports::identity::{ApiKeyMeta, CredentialMeta};
@@ -360,6 +360,49 @@ pub struct CreateSessionRequest {
     pub agent: Option<String>,
     #[serde(default)]
     pub repo: Option<RepoRequest>,
+    /// The session's permission policy (default: the server's, `auto` for every tool).
+    #[serde(default)]
+    pub permissions: Option<PermissionsView>,
+}
+
+/// A session's permission policy: how an agent's permission request for a tool is decided.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PermissionsView {
+    /// `auto` (allowed at once), `ask` (the clients are asked) or `deny` (denied at once), for
+    /// tools `tools` does not name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// Modes for named tools (`{"bash": "ask"}`).
+    #[serde(default)]
+    pub tools: std::collections::BTreeMap<String, String>,
+    /// Applied when an `ask` gets no answer by its deadline: `allow_once`, `allow_always` or
+    /// `deny`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask_default: Option<String>,
+}
+
+impl From<PermissionsView> for app::PermissionsBody {
+    fn from(p: PermissionsView) -> Self {
+        app::PermissionsBody {
+            default: p.default,
+            tools: p.tools,
+            ask_default: p.ask_default,
+        }
+    }
+}
+
+impl From<&PermissionPolicy> for PermissionsView {
+    fn from(p: &PermissionPolicy) -> Self {
+        PermissionsView {
+            default: Some(wire(&p.default)),
+            tools: p
+                .per_tool
+                .iter()
+                .map(|(tool, mode)| (tool.clone(), wire(mode)))
+                .collect(),
+            ask_default: Some(wire(&p.ask_default)),
+        }
+    }
 }
 
 /// The sandbox of a session.
@@ -380,6 +423,8 @@ pub struct SessionView {
     pub queue_length: u32,
     pub last_seq: u64,
     pub created_at: String,
+    /// The permission policy in force (the session's own, else the server's).
+    pub permissions: PermissionsView,
 }
 
 /// The wire name of a serde enum value (`SessionStatus::Provisioning` → `provisioning`).
@@ -403,6 +448,7 @@ impl From<SessionInfo> for SessionView {
             queue_length: s.queue_length,
             last_seq: s.last_seq,
             created_at: s.created_at.to_rfc3339(),
+            permissions: PermissionsView::from(&s.permissions),
         }
     }
 }
@@ -541,8 +587,8 @@ pub struct RunList {
     pub runs: Vec<RunView>,
 }
 
-/// `POST /v1/environment/detect`: a file list (relative paths), or a repository (422 until a
-/// repo host is configured).
+/// `POST /v1/environment/detect`: a file list (relative paths), or a repository the server's repo
+/// host lists (422 when none is configured).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DetectRequest {
     #[serde(default)]
@@ -706,7 +752,7 @@ async fn delete_credential(
 /// Create a session; its sandbox starts provisioning at once.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = CreateSessionRequest, security(("bearer" = [])),
     responses((status = 201, body = SessionView), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
-        (status = 422, description = "model missing or without a provider prefix", body = ErrorResponse)))]
+        (status = 422, description = "model missing or without a provider prefix (`invalid_model`), or a permission policy with an unknown mode (`invalid_permissions`)", body = ErrorResponse)))]
 async fn create_session(
     State(st): State<AppState>,
     Authed(p): Authed,
@@ -720,6 +766,7 @@ async fn create_session(
                 model: body.model,
                 agent: body.agent,
                 repo: body.repo.map(RepoSpec::from),
+                permissions: body.permissions.map(app::PermissionsBody::from),
             },
         )
         .await?;
@@ -880,10 +927,12 @@ async fn get_run(
     )))
 }
 
-/// Environment autodiscovery from a file list.
+/// Environment autodiscovery from a file list, or from the tracked files of a repository.
 #[utoipa::path(post, path = "/v1/environment/detect", tag = "environment", request_body = DetectRequest, security(("bearer" = [])),
     responses((status = 200, body = EnvironmentView), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
-        (status = 422, description = "a repo was given but no repo host is configured", body = ErrorResponse)))]
+        (status = 404, description = "no such repository or ref, or one not granted to this org", body = ErrorResponse),
+        (status = 422, description = "a repo was given but no repo host is configured", body = ErrorResponse),
+        (status = 503, description = "the repo host cannot reach the repository (or git is missing)", body = ErrorResponse)))]
 async fn detect_environment(
     State(st): State<AppState>,
     Authed(p): Authed,
