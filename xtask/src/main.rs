@@ -1,7 +1,9 @@
-//! Project tasks: `cargo xtask conformance` (the port × implementation matrix) and
-//! `cargo xtask ports-doc` (regenerates docs/ports.md from the registry).
+//! Project tasks: `cargo xtask conformance` (the port × implementation matrix),
+//! `cargo xtask ports-doc` (regenerates docs/ports.md from the registry) and
+//! `cargo xtask bench [--full]` (runs the benchmarks in release and rewrites docs/benchmarks.md).
 //!
-//! xtask only selects and reports: every check it runs is an ordinary `cargo test` trial.
+//! xtask only selects and reports: every check it runs is an ordinary `cargo test` trial, and the
+//! bench is the `switchboard-bench` binary.
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -29,6 +31,12 @@ enum Cmd {
     },
     /// Regenerate docs/ports.md from the registry and the trait contracts.
     PortsDoc,
+    /// Run the benchmarks in release (quick by default) and rewrite docs/benchmarks.md.
+    Bench {
+        /// The full sizes (10,000 sessions, 100,000-event replay…) instead of the quick run.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -235,6 +243,40 @@ fn ports_doc() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Builds and runs `switchboard-bench` in release; it prints the table and writes the doc.
+fn bench(full: bool) -> ExitCode {
+    let shown = if full {
+        "cargo xtask bench --full"
+    } else {
+        "cargo xtask bench"
+    };
+    let doc = root().join("docs/benchmarks.md");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "switchboard-bench",
+            "--",
+            "run",
+            "--mode",
+            if full { "full" } else { "quick" },
+            "--command",
+            shown,
+            "--markdown",
+        ])
+        .arg(&doc)
+        .status()
+        .expect("cargo runs");
+    if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Conformance {
@@ -242,5 +284,6 @@ fn main() -> ExitCode {
             implementation,
         } => conformance(port, implementation),
         Cmd::PortsDoc => ports_doc(),
+        Cmd::Bench { full } => bench(full),
     }
 }

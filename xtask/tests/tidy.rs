@@ -106,18 +106,29 @@ fn crate_dependency_rules_hold() {
                 "switchboard-fakes",
                 "switchboard-conformance",
                 "switchboard-server",
+                "switchboard-bench",
             ],
         ),
-        ("crates/conformance", &["switchboard-server"]),
+        (
+            "crates/conformance",
+            &["switchboard-server", "switchboard-bench"],
+        ),
         (
             "crates/bridge",
             &[
                 "switchboard-server",
                 "switchboard-fakes",
                 "switchboard-conformance",
+                "switchboard-bench",
                 "sqlx",
             ],
         ),
+        // The bench drives the server, adapters, ports and core; it needs no fake.
+        (
+            "crates/bench",
+            &["switchboard-fakes", "switchboard-conformance"],
+        ),
+        ("crates/server", &["switchboard-bench"]),
     ];
     for (dir, no) in forbidden {
         let deps = normal_dependencies(dir);

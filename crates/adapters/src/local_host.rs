@@ -7,6 +7,11 @@
 //!   task. The task itself creates or rehydrates the runtime; requests queued meanwhile wait in its
 //!   mailbox.
 //! - **Backpressure.** The mailbox is bounded: callers await capacity.
+//! - **Pipelined sandbox frames.** A sandbox handle's `send` returns once the session's mailbox
+//!   took the frame; the sandbox learns it is durable from the `ack` frame, and a frame the
+//!   session refuses detaches the connection (its socket closes). Frames that queued up while the
+//!   task was busy are taken together and fed through `SessionRuntime::sandbox_messages`, which
+//!   makes their commits durable as one: a fast sandbox costs one fsync per batch, not per frame.
 //! - **Slow work.** Deferred futures run inside the session's task (a `FuturesUnordered` polled
 //!   alongside the mailbox), so nothing outlives its session and the task knows when none is left.
 //! - **Time.** One timer per session, at `poll_deadline()`, through `Clock::sleep_until`: an
@@ -27,7 +32,9 @@ use switchboard_core::protocol::{ClientMessage, SandboxMessage};
 use switchboard_core::session::{Input, Session, SessionInfo, SessionInit};
 use switchboard_core::tenancy::{Attribution, Principal, SessionKey, TenantContext};
 use switchboard_core::{ConnId, ErrorClass, RunId, SessionId, Timestamp};
-use switchboard_ports::runtime::{Minter, SessionPorts, SessionRuntime, CLIENT_BUFFER};
+use switchboard_ports::runtime::{
+    Minter, SessionPorts, SessionRuntime, BATCH_MESSAGES, CLIENT_BUFFER,
+};
 use switchboard_ports::session::{
     ClientHandle, ClientLink, CreateSession, EventPage, PromptRequest, Queued, SandboxHandle,
     SandboxLink, SessionHost, SessionHostError,
@@ -36,13 +43,23 @@ use switchboard_ports::{Classify, FromClass, SecretString};
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests a session's mailbox holds before callers wait.
-pub const MAILBOX: usize = 64;
+pub const MAILBOX: usize = 256;
 
 /// How often a request is re-sent after landing on a session task that was ending.
 const SEND_ATTEMPTS: usize = 8;
 
 /// Work for a session task: runs with exclusive access to the runtime.
 type Job = Box<dyn for<'a> FnOnce(&'a mut SessionRuntime) -> BoxFuture<'a, ()> + Send>;
+
+/// What a session task's mailbox carries.
+enum Request {
+    Job(Job),
+    /// A sandbox frame whose sender does not wait for it to be processed.
+    Sandbox {
+        conn: ConnId,
+        message: SandboxMessage,
+    },
+}
 
 /// Pins the higher-ranked signature on a closure (inference alone does not).
 fn job<F>(f: F) -> Job
@@ -73,7 +90,7 @@ where
             let _ = reply.send(work(rt).await);
         })
     });
-    if actor.mailbox.send(request).await.is_ok() {
+    if actor.mailbox.send(Request::Job(request)).await.is_ok() {
         if let Ok(out) = answer.await {
             return Attempt::Answered(out);
         }
@@ -99,7 +116,7 @@ struct Inner {
 /// The registry's handle on one session task.
 #[derive(Clone)]
 struct Actor {
-    mailbox: mpsc::Sender<Job>,
+    mailbox: mpsc::Sender<Request>,
     generation: u64,
     /// Set when the task could not bring its session up; queued requests get this error.
     failed: Arc<OnceLock<SessionHostError>>,
@@ -199,7 +216,7 @@ impl LocalSessionHost {
     ) {
         let actor = self.inner.actors.lock().unwrap().get(key).cloned();
         if let Some(actor) = actor {
-            let _ = actor.mailbox.send(job(work)).await;
+            let _ = actor.mailbox.send(Request::Job(job(work))).await;
         }
     }
 
@@ -236,7 +253,7 @@ struct SessionTask {
 }
 
 impl SessionTask {
-    async fn run(self, activation: Activation, mut inbox: mpsc::Receiver<Job>) {
+    async fn run(self, activation: Activation, mut inbox: mpsc::Receiver<Request>) {
         match self.activate(activation).await {
             Ok(runtime) => self.serve(runtime, &mut inbox).await,
             // Set before `inbox` drops, so callers whose requests it held read why.
@@ -279,11 +296,17 @@ impl SessionTask {
 
     /// The task's loop: requests, deferred work and the timer, until the session hibernates or the
     /// host is dropped.
-    async fn serve(&self, mut runtime: SessionRuntime, inbox: &mut mpsc::Receiver<Job>) {
+    async fn serve(&self, mut runtime: SessionRuntime, inbox: &mut mpsc::Receiver<Request>) {
         let mut deferred = FuturesUnordered::new();
         let mut timer: Option<(Timestamp, BoxFuture<'static, ()>)> = None;
+        // A request taken out of the inbox while a batch of sandbox frames was gathered.
+        let mut taken: Option<Request> = None;
         loop {
             deferred.extend(runtime.take_deferred());
+            if let Some(request) = taken.take() {
+                Self::handle(&mut runtime, request, inbox, &mut taken).await;
+                continue;
+            }
             if runtime.is_hibernating() && deferred.is_empty() && inbox.is_empty() {
                 return;
             }
@@ -298,7 +321,7 @@ impl SessionTask {
             }
             tokio::select! {
                 next = inbox.recv() => match next {
-                    Some(job) => job(&mut runtime).await,
+                    Some(request) => Self::handle(&mut runtime, request, inbox, &mut taken).await,
                     None => return, // the host is gone
                 },
                 Some(completion) = deferred.next(), if !deferred.is_empty() => runtime.complete(completion).await,
@@ -308,6 +331,33 @@ impl SessionTask {
                 }
             }
         }
+    }
+
+    /// Carries out one request. A sandbox frame takes every sandbox frame queued right behind it
+    /// into one batch; the first other request met is left in `taken`, to run next.
+    async fn handle(
+        runtime: &mut SessionRuntime,
+        request: Request,
+        inbox: &mut mpsc::Receiver<Request>,
+        taken: &mut Option<Request>,
+    ) {
+        let (conn, message) = match request {
+            Request::Job(job) => return job(runtime).await,
+            Request::Sandbox { conn, message } => (conn, message),
+        };
+        let mut batch = vec![(conn, message)];
+        while batch.len() < BATCH_MESSAGES {
+            match inbox.try_recv() {
+                Ok(Request::Sandbox { conn, message }) => batch.push((conn, message)),
+                Ok(other) => {
+                    *taken = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        // Refusals detach their connection inside the runtime; nobody waits for these answers.
+        let _ = runtime.sandbox_messages(batch).await;
     }
 
     /// Removes this task from the registry, unless a newer one already took the key.
@@ -566,14 +616,30 @@ impl SandboxHandle for LocalSandboxHandle {
         self.conn
     }
 
+    /// Pipelined: returns once the session's mailbox took the frame (waiting for room). `NotFound`
+    /// when the session has no live task, which means this connection is no longer attached.
     async fn send(&self, message: SandboxMessage) -> Result<(), SessionHostError> {
-        let conn = self.conn;
-        Ok(self
+        let gone = || {
+            SessionHostError::NotFound(format!(
+                "sandbox connection {} of session {} is no longer attached",
+                self.conn,
+                self.key.session()
+            ))
+        };
+        let actor = self
             .host
-            .call(&self.key, move |rt| {
-                Box::pin(rt.sandbox_message(conn, message))
-            })
-            .await??)
+            .inner
+            .actors
+            .lock()
+            .unwrap()
+            .get(&self.key)
+            .cloned();
+        let actor = actor.ok_or_else(gone)?;
+        let request = Request::Sandbox {
+            conn: self.conn,
+            message,
+        };
+        actor.mailbox.send(request).await.map_err(|_| gone())
     }
 
     async fn detach(&self) {
@@ -622,6 +688,286 @@ impl Minter for OsMinter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
+    use std::sync::atomic::AtomicBool;
+    use switchboard_core::protocol::{Event, ServerFrame, ServerToSandbox};
+    use switchboard_core::session::{Commit, Persisted, SessionConfig};
+    use switchboard_core::{ModelRef, OrgId, Scope, UserId};
+    use switchboard_fakes::{
+        audit_log::InMemoryAuditLog, event_bus::InMemoryEventBus, minter::InMemoryMinter,
+        model_gateway::InMemoryModelGateway, price_book::InMemoryPriceBook,
+        run_ledger::InMemoryRunLedger, sandbox_provider::InMemorySandboxProvider,
+        secret_vault::InMemorySecretVault, session_store::InMemorySessionStore, InMemoryClock,
+    };
+    use switchboard_ports::session::{ClientLink, SandboxLink};
+    use switchboard_ports::{SecretVault, SessionStore, SessionStoreError};
+    use tokio::sync::watch;
+
+    /// An in-memory store whose commits wait while the gate is shut, and fail while `fail` is set.
+    /// It records how many events each commit carried.
+    struct GatedStore {
+        inner: InMemorySessionStore,
+        open: watch::Sender<bool>,
+        fail: AtomicBool,
+        entered: AtomicU64,
+        commits: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl SessionStore for GatedStore {
+        async fn commit(&self, key: &SessionKey, commit: &Commit) -> Result<(), SessionStoreError> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(SessionStoreError::Unavailable("disk gone".into()));
+            }
+            self.inner.commit(key, commit).await?;
+            self.commits.lock().unwrap().push(commit.events.len());
+            Ok(())
+        }
+        async fn load(&self, key: &SessionKey) -> Result<Option<Persisted>, SessionStoreError> {
+            self.inner.load(key).await
+        }
+        async fn events(
+            &self,
+            key: &SessionKey,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<switchboard_core::protocol::EventEnvelope>, SessionStoreError> {
+            self.inner.events(key, after, limit).await
+        }
+        async fn list(&self, org: &OrgId) -> Result<Vec<SessionId>, SessionStoreError> {
+            self.inner.list(org).await
+        }
+    }
+
+    /// Yields to the session task until `probe` answers (bounded: a hang fails the test).
+    async fn until<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..100_000 {
+            if let Some(found) = probe() {
+                return found;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the awaited condition never held");
+    }
+
+    /// A live session with its sandbox attached, a run dispatched and a client attached, over a
+    /// gated store. Returns the store, the links, the run id and the next `n`.
+    async fn streaming_session() -> (Arc<GatedStore>, SandboxLink, ClientLink, RunId) {
+        let clock = InMemoryClock::new();
+        let sandboxes = Arc::new(InMemorySandboxProvider::new());
+        let vault = Arc::new(InMemorySecretVault::new(Arc::new(clock.clone())));
+        let principal = Principal::from_verified_credential(
+            OrgId::parse("o-batch").unwrap(),
+            UserId::parse("u-1").unwrap(),
+            None,
+            Scope::MEMBER.to_vec(),
+        );
+        vault
+            .put(&principal.tenant(), "openai", &SecretString::new("sk-test"))
+            .await
+            .unwrap();
+        let store = Arc::new(GatedStore {
+            inner: InMemorySessionStore::new(),
+            open: watch::channel(true).0,
+            fail: AtomicBool::new(false),
+            entered: AtomicU64::new(0),
+            commits: Mutex::new(Vec::new()),
+        });
+        let ports = SessionPorts {
+            store: store.clone(),
+            sandboxes: sandboxes.clone(),
+            gateway: Arc::new(InMemoryModelGateway::new(vault)),
+            prices: Arc::new(InMemoryPriceBook::new()),
+            ledger: Arc::new(InMemoryRunLedger::new()),
+            bus: Arc::new(InMemoryEventBus::new()),
+            audit: Arc::new(InMemoryAuditLog::new()),
+            clock: Arc::new(clock.clone()),
+            minter: Arc::new(InMemoryMinter::new()),
+            callback_base: "ws://127.0.0.1:8080".into(),
+            config: SessionConfig::default(),
+        };
+        let host = LocalSessionHost::new(ports);
+        let session = SessionId::parse("s-batch").unwrap();
+        let request = CreateSession {
+            session_id: session.clone(),
+            model: ModelRef::parse("openai/gpt-test").unwrap(),
+            agent: "opencode".into(),
+            repo: None,
+            permissions: None,
+        };
+        host.create(&principal, request).await.unwrap();
+        let token = until(|| {
+            sandboxes
+                .spawned()
+                .first()
+                .map(|(_, spec)| SecretString::new(spec.token.clone()))
+        })
+        .await;
+        let key = principal.tenant().session(session.clone());
+        let mut sandbox = host.attach_sandbox(&key, &token).await.unwrap();
+        let run = RunId::parse("r-batch").unwrap();
+        let prompt = PromptRequest {
+            run_id: run.clone(),
+            text: "stream".into(),
+            client_msg_id: None,
+        };
+        host.prompt(&principal, &session, prompt).await.unwrap();
+        loop {
+            match sandbox
+                .frames
+                .next()
+                .await
+                .expect("the sandbox stream is open")
+            {
+                ServerToSandbox::Run { .. } => break,
+                _ => continue,
+            }
+        }
+        let client = host
+            .attach_client(&principal, &session, None)
+            .await
+            .unwrap();
+        (store, sandbox, client, run)
+    }
+
+    fn delta(run: &RunId, n: u64) -> SandboxMessage {
+        SandboxMessage::Event {
+            run_id: run.clone(),
+            n,
+            event: Event::MessageDelta {
+                text: format!("piece {n}"),
+            },
+        }
+    }
+
+    /// The `n`s acknowledged so far (and whether the sandbox stream ended).
+    fn acks(sandbox: &mut SandboxLink) -> (Vec<u64>, bool) {
+        let mut acked = Vec::new();
+        loop {
+            match sandbox.frames.try_recv() {
+                Ok(ServerToSandbox::Ack { n }) => acked.push(n),
+                Ok(_) => {}
+                Err(e) => return (acked, e.is_closed()),
+            }
+        }
+    }
+
+    /// The texts of the deltas a client has received so far.
+    fn deltas(client: &mut ClientLink) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Ok(frame) = client.frames.try_recv() {
+            if let ServerFrame::Event(e) = frame {
+                if let Event::MessageDelta { text } = e.event {
+                    texts.push(text);
+                }
+            }
+        }
+        texts
+    }
+
+    #[tokio::test]
+    async fn queued_sandbox_frames_share_one_commit_and_nothing_shows_before_it_is_durable() {
+        let (store, mut sandbox, mut client, run) = streaming_session().await;
+        let _ = acks(&mut sandbox);
+        let _ = deltas(&mut client);
+        let entered = store.entered.load(Ordering::SeqCst);
+        let committed_before = store.commits.lock().unwrap().len();
+        store.open.send_replace(false);
+        // Pipelined: each send returns once the mailbox took the frame.
+        for n in 1..=50 {
+            sandbox.handle.send(delta(&run, n)).await.unwrap();
+        }
+        until(|| (store.entered.load(Ordering::SeqCst) > entered).then_some(())).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let (acked, ended) = acks(&mut sandbox);
+        assert!(
+            acked.is_empty() && !ended,
+            "an ACK before the commit: {acked:?}"
+        );
+        assert!(
+            deltas(&mut client).is_empty(),
+            "an event shown before its commit"
+        );
+
+        store.open.send_replace(true);
+        let mut acked = Vec::new();
+        until(|| {
+            acked.extend(acks(&mut sandbox).0);
+            acked.contains(&50).then_some(())
+        })
+        .await;
+        let mut seen = Vec::new();
+        until(|| {
+            seen.extend(deltas(&mut client));
+            (seen.len() == 50).then_some(())
+        })
+        .await;
+        assert_eq!(
+            seen,
+            (1..=50).map(|n| format!("piece {n}")).collect::<Vec<_>>()
+        );
+        let commits = store.commits.lock().unwrap().clone();
+        let carrying = &commits[committed_before..];
+        assert_eq!(carrying.iter().sum::<usize>(), 50, "{commits:?}");
+        assert!(
+            carrying.len() <= 2,
+            "fifty queued frames are coalesced, not committed one by one: {commits:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_commit_acknowledges_and_shows_nothing_of_it() {
+        let (store, mut sandbox, mut client, run) = streaming_session().await;
+        let _ = acks(&mut sandbox);
+        let _ = deltas(&mut client);
+        store.fail.store(true, Ordering::SeqCst);
+        for n in 1..=20 {
+            // The session may already be gone for the later frames: that is a refusal, not a hang.
+            let _ = sandbox.handle.send(delta(&run, n)).await;
+        }
+        let mut acked = Vec::new();
+        until(|| {
+            let (more, ended) = acks(&mut sandbox);
+            acked.extend(more);
+            ended.then_some(())
+        })
+        .await;
+        assert!(
+            acked.is_empty(),
+            "nothing of a failed commit is acknowledged: {acked:?}"
+        );
+        assert!(
+            deltas(&mut client).is_empty(),
+            "nothing of a failed commit is shown"
+        );
+        let key_events = store.commits.lock().unwrap().iter().sum::<usize>();
+        store.fail.store(false, Ordering::SeqCst);
+        let stored = store
+            .inner
+            .events(
+                &SessionKey::for_sandbox_dial_back(
+                    OrgId::parse("o-batch").unwrap(),
+                    SessionId::parse("s-batch").unwrap(),
+                ),
+                0,
+                1000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            stored.len(),
+            key_events,
+            "the store holds only what was committed"
+        );
+        assert!(stored
+            .iter()
+            .all(|e| !matches!(e.event, Event::MessageDelta { .. })));
+    }
 
     #[test]
     fn os_minter_mints_fresh_tokens_and_time_ordered_run_ids() {

@@ -31,6 +31,15 @@
 //! | `Hibernate` | a flag: [`SessionRuntime::is_hibernating`]. |
 //! | `Evict` | inline: drop every client and close the sandbox socket, then the hibernation flag: the host drops the runtime and the next request rebuilds it from the store. |
 //!
+//! **Coalesced sandbox messages.** [`SessionRuntime::sandbox_messages`] feeds several sandbox
+//! messages that queued up while the runtime was busy, one after another, and makes their commits
+//! durable as one: each `Persist` is merged into the batch's commit (events appended, the last
+//! snapshot kept, outbox changes applied in order), and every effect that follows the batch's first
+//! `Persist` is held until that merged commit is durable. Nothing is shown, acknowledged or
+//! dispatched earlier than one commit per message would show it; a sandbox that streams faster than
+//! one fsync per message gets one fsync per batch instead. A merged commit that fails fails every
+//! message of the batch, and none of the held effects takes place.
+//!
 //! Inputs the shell itself owes the machine while carrying out effects (`SandboxTokenIssued`,
 //! `StoreFailed`, `ClientDetached`, `SandboxDisconnected`) are fed after the effects already queued,
 //! never re-entrantly.
@@ -76,6 +85,8 @@ pub const SANDBOX_BUFFER: usize = 1024;
 pub const HELD_FRAMES: usize = 4096;
 /// Events read from the store per replay page.
 pub const REPLAY_PAGE: usize = 256;
+/// Sandbox messages one call of [`SessionRuntime::sandbox_messages`] takes at most.
+pub const BATCH_MESSAGES: usize = 256;
 
 /// Randomness and hashing, which the core leaves to the shell.
 pub trait Minter: Send + Sync {
@@ -171,6 +182,43 @@ pub struct SessionRuntime {
     call_lost_commit: bool,
     hibernating: bool,
     best_effort_failures: u64,
+    /// Set while a batch of sandbox messages is being fed (see the module docs).
+    batch: Option<Batch>,
+}
+
+/// The commits and held effects of a batch of sandbox messages.
+#[derive(Default)]
+struct Batch {
+    /// The batch's commits merged into one, once one of its steps committed anything.
+    commit: Option<Commit>,
+    /// Effects after the batch's first `Persist`, in the machine's order.
+    held: VecDeque<Effect>,
+}
+
+/// Folds `next` into `into` so that writing `into` has the effect of writing both in order:
+/// events appended, the newer snapshot kept, outbox removals and puts applied in order (the store
+/// applies a commit's removals before its puts).
+fn merge_commit(into: &mut Commit, next: Commit) {
+    into.events.extend(next.events);
+    if next.snapshot.is_some() {
+        into.snapshot = next.snapshot;
+    }
+    for run in next.outbox_remove {
+        into.outbox_put.retain(|r| r.run_id != run);
+        if !into.outbox_remove.contains(&run) {
+            into.outbox_remove.push(run);
+        }
+    }
+    for record in next.outbox_put {
+        match into
+            .outbox_put
+            .iter_mut()
+            .find(|r| r.run_id == record.run_id)
+        {
+            Some(put) => *put = record,
+            None => into.outbox_put.push(record),
+        }
+    }
 }
 
 impl SessionRuntime {
@@ -226,6 +274,7 @@ impl SessionRuntime {
             call_lost_commit: false,
             hibernating: false,
             best_effort_failures: 0,
+            batch: None,
         }
     }
 
@@ -511,6 +560,87 @@ impl SessionRuntime {
             .map(|_| ())
     }
 
+    /// Frames from sandbox sockets that queued up, fed in order with their commits made durable
+    /// as one (see the module docs). One answer per message, as [`SessionRuntime::sandbox_message`]
+    /// would give; when the merged commit fails, every message it held fails with the store's
+    /// class. A connection whose message is refused is treated as a pump treats a refusal: its
+    /// later messages are not fed, and it is detached once the batch is through (after the ACKs
+    /// of its earlier messages). At most [`BATCH_MESSAGES`] are coalesced per commit; more are fed
+    /// in further batches.
+    pub async fn sandbox_messages(
+        &mut self,
+        messages: Vec<(ConnId, switchboard_core::protocol::SandboxMessage)>,
+    ) -> Vec<Result<(), Rejection>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        let mut refused_conns: Vec<ConnId> = Vec::new();
+        let mut messages = messages.into_iter().peekable();
+        while messages.peek().is_some() {
+            let mut fed = Vec::new();
+            self.batch = Some(Batch::default());
+            for (conn, message) in messages.by_ref().take(BATCH_MESSAGES) {
+                if !self.sandboxes.contains_key(&conn) || refused_conns.contains(&conn) {
+                    answers.push(Err(rejection(
+                        ErrorClass::NotFound,
+                        "unknown_connection",
+                        format!("{conn} is not attached"),
+                    )));
+                    continue;
+                }
+                match self.feed(Input::SandboxMessage { conn, message }) {
+                    Ok(_) => {
+                        fed.push(answers.len());
+                        answers.push(Ok(()));
+                    }
+                    Err(refused) => {
+                        refused_conns.push(conn);
+                        answers.push(Err(refused));
+                    }
+                }
+                self.carry_out_effects().await;
+            }
+            if !self.flush_batch().await {
+                let failure = self
+                    .store_failure
+                    .clone()
+                    .unwrap_or_else(|| PortFailure::new(ErrorClass::Unavailable, "not persisted"));
+                for i in fed {
+                    answers[i] = Err(rejection(
+                        failure.class,
+                        "store_failed",
+                        failure.message.clone(),
+                    ));
+                }
+            }
+        }
+        for conn in refused_conns {
+            self.detach_sandbox(conn).await;
+        }
+        answers
+    }
+
+    /// Ends a batch: writes its merged commit, then carries out the held effects (or, when the
+    /// commit was not persisted, drops them), then whatever they owe the machine. Whether the
+    /// batch's commit (if it had one) is durable.
+    async fn flush_batch(&mut self) -> bool {
+        let Some(batch) = self.batch.take() else {
+            return true;
+        };
+        let mut durable = true;
+        if let Some(commit) = batch.commit {
+            let lost_before = std::mem::replace(&mut self.call_lost_commit, false);
+            self.persist(commit).await;
+            durable = !self.call_lost_commit;
+            self.call_lost_commit |= lost_before;
+        }
+        if durable {
+            for effect in batch.held {
+                self.carry_out(effect).await;
+            }
+        }
+        self.carry_out_effects().await;
+        durable
+    }
+
     /// The sandbox socket went away (idempotent).
     pub async fn detach_sandbox(&mut self, conn: ConnId) {
         self.drop_sandbox(conn);
@@ -552,6 +682,9 @@ impl SessionRuntime {
     async fn carry_out_effects(&mut self) {
         loop {
             while let Some(effect) = self.machine.poll_effect() {
+                let Some(effect) = self.hold_in_batch(effect) else {
+                    continue;
+                };
                 let failed_before = self.store_failure.is_some();
                 self.carry_out(effect).await;
                 if !failed_before && self.store_failure.is_some() {
@@ -566,6 +699,28 @@ impl SessionRuntime {
             };
             // A late answer (an old spawn, a run that already ended) may be refused: nothing changes.
             let _ = self.feed(input);
+        }
+    }
+
+    /// While a batch is open: merges a `Persist` into its commit and holds every effect after it;
+    /// gives back an effect that may be carried out now.
+    fn hold_in_batch(&mut self, effect: Effect) -> Option<Effect> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Some(effect);
+        };
+        match effect {
+            Effect::Persist(commit) => {
+                match batch.commit.as_mut() {
+                    Some(merged) => merge_commit(merged, commit),
+                    None => batch.commit = Some(commit),
+                }
+                None
+            }
+            held if batch.commit.is_some() => {
+                batch.held.push_back(held);
+                None
+            }
+            now => Some(now),
         }
     }
 
@@ -886,5 +1041,81 @@ fn store_rejection(e: &SessionStoreError) -> Rejection {
 impl From<Rejection> for SessionHostError {
     fn from(refused: Rejection) -> Self {
         SessionHostError::from_class(refused.class, refused.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_core::run::RunRecord;
+
+    fn record(run: &str, cost: u64) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "run_id": run, "session_id": "s", "org_id": "o", "user_id": "u", "api_key_id": null,
+            "model": "openai/gpt-test", "provider": "openai", "status": "completed",
+            "queued_at": "2026-01-01T00:00:00.000Z", "started_at": null,
+            "ended_at": "2026-01-01T00:00:01.000Z",
+            "usage": {"input_tokens": 1, "output_tokens": 1}, "cost_micros": cost, "event_count": 0,
+        }))
+        .expect("a run record")
+    }
+
+    fn run(id: &str) -> RunId {
+        RunId::parse(id).unwrap()
+    }
+
+    fn puts(c: &Commit) -> Vec<(String, u64)> {
+        c.outbox_put
+            .iter()
+            .map(|r| (r.run_id.to_string(), r.cost_micros))
+            .collect()
+    }
+
+    #[test]
+    fn merged_commits_write_what_the_commits_wrote_in_order() {
+        let snapshot = |n: u64| {
+            Some(switchboard_core::session::SessionSnapshot(
+                serde_json::json!({ "n": n }),
+            ))
+        };
+        let mut merged = Commit {
+            snapshot: snapshot(1),
+            outbox_put: vec![record("r1", 1), record("r3", 3)],
+            ..Commit::default()
+        };
+        // A later put of r1 replaces it in place; r2 is removed though never put here.
+        merge_commit(
+            &mut merged,
+            Commit {
+                snapshot: snapshot(2),
+                outbox_put: vec![record("r1", 10)],
+                outbox_remove: vec![run("r2")],
+                ..Commit::default()
+            },
+        );
+        assert_eq!(puts(&merged), [("r1".into(), 10), ("r3".into(), 3)]);
+        assert_eq!(merged.outbox_remove, [run("r2")]);
+        assert_eq!(merged.snapshot, snapshot(2), "the newest snapshot wins");
+        // Removing r3 drops its put; a commit without a snapshot keeps the last one.
+        merge_commit(
+            &mut merged,
+            Commit {
+                outbox_remove: vec![run("r3")],
+                ..Commit::default()
+            },
+        );
+        assert_eq!(puts(&merged), [("r1".into(), 10)]);
+        assert_eq!(merged.outbox_remove, [run("r2"), run("r3")]);
+        assert_eq!(merged.snapshot, snapshot(2));
+        // Removed then put again: the store applies removals before puts, so it ends present.
+        merge_commit(
+            &mut merged,
+            Commit {
+                outbox_put: vec![record("r2", 20)],
+                ..Commit::default()
+            },
+        );
+        assert_eq!(puts(&merged), [("r1".into(), 10), ("r2".into(), 20)]);
+        assert!(merged.outbox_remove.contains(&run("r2")));
     }
 }

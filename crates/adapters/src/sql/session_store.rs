@@ -7,8 +7,9 @@
 //! commit that the store accepts; a session exists for `load` and `list` once a snapshot landed.
 //!
 //! Writes: one commit is one `BEGIN IMMEDIATE` transaction: the seq check against `MAX(seq)`, the
-//! events as multi-row `INSERT`s of up to [`EVENTS_PER_INSERT`] rows (one statement, prepared once
-//! per connection), the snapshot upsert and the outbox removals then puts. Everything is encoded
+//! events as multi-row `INSERT`s of [`INSERT_SHAPES`] rows (largest first, so a connection prepares
+//! at most three statements however its commits vary in size: the runtime coalesces a varying
+//! number of events into one commit), the snapshot upsert and the outbox removals then puts. Everything is encoded
 //! before the transaction starts, so the write lock is held only for SQL. A commit that fails
 //! rolls back whole; the connection it used is closed rather than returned to the pool, because
 //! SQLite may already have rolled the transaction back on its own (disk full, I/O error) and the
@@ -18,11 +19,15 @@
 //! `commit` returns, so a commit must survive an OS crash or power loss as well as a process crash;
 //! otherwise a seq a client already saw could be reused after a restart.
 //!
-//! Open files: pools are kept in a small LRU cache ([`SqliteSessionStoreOptions::open_sessions`],
-//! 128 by default) of at most [`CONNECTIONS_PER_SESSION`] connections each (SQLite keeps three
-//! descriptors per connection in WAL mode: the database, the `-wal` and the `-shm` files; the
-//! second connection only opens when a read overlaps a write, and idle connections close after
-//! [`IDLE_CONNECTION_TIMEOUT`]). The least recently used pool that no call is using is closed
+//! Open files: pools are kept in an LRU cache ([`SqliteSessionStoreOptions::open_sessions`], by
+//! default sized from the process's open-file limit by [`default_open_sessions`]: 128 under the
+//! common limit of 1024, up to 1024) of at most [`CONNECTIONS_PER_SESSION`] connections each
+//! (SQLite keeps three descriptors per connection in WAL mode: the database, the `-wal` and the
+//! `-shm` files; idle connections close after [`IDLE_CONNECTION_TIMEOUT`], so an idle session
+//! holds no descriptor and no connection thread while its pool stays cached). The cache must hold every session that
+//! is streaming at once: a session whose pool was evicted reopens its file (and the evicted one
+//! checkpoints) on its next commit, which cut a 1,000-session stream to a quarter of its rate with
+//! 128 pools (`cargo xtask bench`). The least recently used pool that no call is using is closed
 //! when a new session's pool would exceed the limit, so ten thousand sessions never hold ten
 //! thousand open files; a pool in use is never closed under its caller (the cache may then exceed
 //! the limit until those calls finish). The call that evicts a pool waits for it to close, which
@@ -56,18 +61,54 @@ const SCHEMA: &[(i64, &str)] = &[(1, include_str!("../../migrations/session/0001
 /// The schema version this binary writes (the last of [`SCHEMA`]).
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// Connections of one session's pool: one writer and one reader (a replay need not wait for a
-/// commit in WAL mode).
-pub const CONNECTIONS_PER_SESSION: u32 = 2;
+/// Connections of one session's pool. One: a session's commits and reads take turns, and a read
+/// of the event log runs on a task of its own, so it always finishes and gives the connection back
+/// (a replay is a future the session's own task polls, and that task may be waiting for a commit
+/// on the same connection). With two, a session's back-to-back commits opened the second whenever
+/// the driver had not yet returned the first to the pool, so nearly every session paid for a
+/// second connection (its own thread and SQLite's per-connection memory): about 90 KiB more per
+/// session (`cargo xtask bench`, memory per session).
+pub const CONNECTIONS_PER_SESSION: u32 = 1;
 
-/// An idle connection of a cached pool is closed after this.
-pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle connection of a cached pool is closed after this (the pool reconnects on its next use).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default size of the pool cache: half the process's open-file limit (`/proc/self/limits`)
+/// spent on session databases at three descriptors per connection, within 128..=1024 (128 where
+/// the limit cannot be read).
+pub fn default_open_sessions() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        });
+    match soft {
+        Some(soft) => (soft / 2 / (3 * CONNECTIONS_PER_SESSION as usize)).clamp(128, 1024),
+        None => 128,
+    }
+}
 
 /// How long a call waits for a connection of a session's pool, and for SQLite's write lock.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Events per multi-row `INSERT` (six bound values each, well under SQLite's variable limit).
-pub const EVENTS_PER_INSERT: usize = 128;
+/// Rows per multi-row event `INSERT`, largest first (six bound values a row, well under SQLite's
+/// variable limit). A commit's events are written as many of the largest as fit, then of the next.
+pub const INSERT_SHAPES: [usize; 3] = [64, 8, 1];
+
+/// Splits `n` rows into chunk lengths drawn from [`INSERT_SHAPES`], largest first.
+fn insert_chunks(mut n: usize) -> Vec<usize> {
+    let mut chunks = Vec::new();
+    for shape in INSERT_SHAPES {
+        while n >= shape {
+            chunks.push(shape);
+            n -= shape;
+        }
+    }
+    chunks
+}
 
 /// How a [`SqliteSessionStore`] opens its databases.
 #[derive(Debug, Clone)]
@@ -85,7 +126,7 @@ pub struct SqliteSessionStoreOptions {
 impl Default for SqliteSessionStoreOptions {
     fn default() -> Self {
         SqliteSessionStoreOptions {
-            open_sessions: 128,
+            open_sessions: default_open_sessions(),
             read_only: false,
             pragmas: Vec::new(),
         }
@@ -516,7 +557,10 @@ async fn write_commit(
         tx.rollback().await?;
         return Err(Failure::Port(refusal));
     }
-    for chunk in encoded.events.chunks(EVENTS_PER_INSERT) {
+    let mut rest = encoded.events.as_slice();
+    for len in insert_chunks(rest.len()) {
+        let (chunk, later) = rest.split_at(len);
+        rest = later;
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
         for row in chunk {
             insert = insert
@@ -734,9 +778,18 @@ impl SessionStore for SqliteSessionStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease = self.lease(&path, false).await?;
         let context = format!("session {key}: events after {after}");
-        let mut conn = Self::acquire(&lease, &context).await?;
-        let result = read_events(&mut conn, key, after, limit).await;
-        Self::settle(conn, result, &context)
+        // On a task of its own: the read finishes and gives its connection back even if the
+        // caller stops polling it (a replay is polled by the session's task, which may be waiting
+        // for a commit of the same session, on the same connection).
+        let key = key.clone();
+        let read = tokio::spawn(async move {
+            let mut conn = Self::acquire(&lease, &context).await?;
+            let result = read_events(&mut conn, &key, after, limit).await;
+            Self::settle(conn, result, &context)
+        });
+        read.await.map_err(|e| {
+            SessionStoreError::Unavailable(format!("reading the event log failed: {e}"))
+        })?
     }
 
     async fn list(&self, org: &OrgId) -> Result<Vec<SessionId>, SessionStoreError> {
@@ -796,6 +849,25 @@ mod tests {
         let sql = insert_events_sql(3);
         assert_eq!(sql.matches('?').count(), 18);
         assert!(sql.ends_with("(?, ?, ?, ?, ?, ?)"));
+    }
+
+    #[test]
+    fn events_are_inserted_in_three_statement_shapes() {
+        assert_eq!(insert_chunks(0), Vec::<usize>::new());
+        assert_eq!(insert_chunks(1), vec![1]);
+        assert_eq!(insert_chunks(75), vec![64, 8, 1, 1, 1]);
+        for n in 0..300 {
+            let chunks = insert_chunks(n);
+            assert_eq!(chunks.iter().sum::<usize>(), n);
+            assert!(chunks.iter().all(|c| INSERT_SHAPES.contains(c)));
+            assert!(chunks.windows(2).all(|w| w[0] >= w[1]), "largest first");
+        }
+    }
+
+    #[test]
+    fn the_pool_cache_is_sized_from_the_open_file_limit() {
+        let n = default_open_sessions();
+        assert!((128..=1024).contains(&n), "{n}");
     }
 
     #[test]
