@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_adapters::sql::pool::ACQUIRE_TIMEOUT;
-use switchboard_adapters::sql::run_ledger::{PG_EVENT_BATCH, SQLITE_EVENT_BATCH};
+use switchboard_adapters::sql::run_ledger::SQLITE_EVENT_BATCH;
 use switchboard_adapters::sql::scratch::{postgres_gate, ScratchDir, ScratchPostgres};
 use switchboard_adapters::sql::{
     classify, connect_postgres, connect_sqlite, migrate_postgres, migrate_sqlite, PgAuditLog,
@@ -201,13 +201,47 @@ async fn postgres_records_a_10000_event_run_in_a_handful_of_round_trips() {
     let before = ledger.statements_issued();
     assert_eq!(ledger.record(&big).await.unwrap(), Recorded::Inserted);
     let issued = ledger.statements_issued() - before;
-    let batches = 10_000_u64.div_ceil(PG_EVENT_BATCH as u64);
     assert_eq!(
-        issued,
-        3 + batches,
-        "BEGIN, the run row, {batches} UNNEST batches, COMMIT"
+        issued, 4,
+        "BEGIN, the run row, one COPY of the events, COMMIT"
     );
     assert_eq!(stored_pg(&pool, &big).await, (1, 10_000));
+}
+
+/// Event text that `COPY`'s text format must escape (backslashes, tabs, newlines, carriage
+/// returns, a literal `\N`) and text it must not touch (quotes, non-ASCII) comes back exactly.
+#[tokio::test(flavor = "current_thread")]
+async fn postgres_copies_awkward_event_text_exactly() {
+    if !postgres_required() {
+        return;
+    }
+    let db = ScratchPostgres::create().await.unwrap();
+    let pool = db.pool(1).await.unwrap();
+    migrate_postgres(&pool).await.unwrap();
+    let ledger = PgRunLedger::new(pool.clone());
+    let mut awkward = run(&org(), 6);
+    let texts = [
+        "a\\b \\N \\\\ end\\",
+        "tab\there\tand\t",
+        "line one\nline two\r\nthree\n",
+        "quotes \" ' and `ticks` ",
+        "héllo — 漢字 🚀",
+        "",
+    ];
+    for (envelope, text) in awkward.events.iter_mut().zip(texts) {
+        envelope.event = Event::MessageDelta {
+            text: text.to_string(),
+        };
+    }
+    assert_eq!(ledger.record(&awkward).await.unwrap(), Recorded::Inserted);
+    let back = ledger
+        .get(&tenant(&awkward.org_id), &awkward.run_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        back.events, awkward.events,
+        "every event comes back exactly"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,7 +351,7 @@ async fn postgres_backend_killed_mid_record_leaves_all_or_nothing_and_a_retry_re
     let big = run(&org(), 10_000);
 
     // Hold the events table so that `record` stops inside its transaction: after its run row, at
-    // its first event batch.
+    // its events' COPY.
     let mut locker = admin.begin().await.unwrap();
     sqlx::query("LOCK TABLE agent_run_events IN SHARE MODE")
         .execute(&mut *locker)
@@ -333,7 +367,7 @@ async fn postgres_backend_killed_mid_record_leaves_all_or_nothing_and_a_retry_re
     let pid: i32 = loop {
         let waiting = sqlx::query(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
-             AND query LIKE 'INSERT INTO agent_run_events%'",
+             AND query LIKE 'COPY agent_run_events%'",
         )
         .fetch_optional(&admin)
         .await
@@ -343,7 +377,7 @@ async fn postgres_backend_killed_mid_record_leaves_all_or_nothing_and_a_retry_re
         }
         assert!(
             Instant::now() < deadline,
-            "record never reached its event batches"
+            "record never reached its events' COPY"
         );
         assert!(
             !recording.is_finished(),

@@ -3,8 +3,9 @@
 //!
 //! Writing: `record` runs in one transaction. It inserts the run row with `ON CONFLICT DO NOTHING`;
 //! only when that inserted a row does it insert the events, in batches (multi-row `VALUES` of
-//! [`SQLITE_EVENT_BATCH`] rows on SQLite, `UNNEST` of [`PG_EVENT_BATCH`]-long arrays on Postgres),
-//! so a run of 10,000 events costs a few dozen statements, not 10,000 round trips. Then it commits.
+//! [`SQLITE_EVENT_BATCH`] rows on SQLite, one `COPY … FROM STDIN` streamed in chunks of at most
+//! [`PG_COPY_CHUNK_BYTES`] on Postgres), so a run of 10,000 events costs a few dozen statements on
+//! SQLite and one on Postgres, not 10,000 round trips. Then it commits.
 //! A failure anywhere (a dead connection, a full disk, a dropped future) rolls the whole transaction
 //! back: a run is either recorded with every event or not at all, and a retry records it once. A
 //! second `record` of an (org, run id) already there answers `AlreadyRecorded` and writes nothing
@@ -35,8 +36,51 @@ use switchboard_ports::record::{Recorded, RunLedger, RunLedgerError, RunQuery};
 /// SQLite's 32,766 variables.
 pub const SQLITE_EVENT_BATCH: usize = 500;
 
-/// Events per `UNNEST` insert on Postgres.
-pub const PG_EVENT_BATCH: usize = 2_000;
+/// Largest piece of the events' `COPY` text sent to Postgres at once.
+pub const PG_COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// Appends one field in Postgres `COPY` text format (backslash, tab, newline and carriage return
+/// escaped; the other characters as they are).
+fn copy_field(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+impl EventColumns {
+    /// The events as `COPY agent_run_events (org_id, run_id, seq, type, at, critical, json)` text
+    /// rows.
+    fn copy_text(&self, org_id: &str, run_id: &str) -> String {
+        use std::fmt::Write;
+        let mut prefix = String::new();
+        copy_field(&mut prefix, org_id);
+        prefix.push('\t');
+        copy_field(&mut prefix, run_id);
+        prefix.push('\t');
+        let size: usize = self.json.iter().map(|j| j.len() + prefix.len() + 48).sum();
+        let mut out = String::with_capacity(size);
+        for i in 0..self.len() {
+            out.push_str(&prefix);
+            let _ = write!(out, "{}\t", self.seq[i]);
+            copy_field(&mut out, &self.kind[i]);
+            let _ = write!(
+                out,
+                "\t{}\t{}\t",
+                self.at[i],
+                if self.critical[i] { 't' } else { 'f' }
+            );
+            copy_field(&mut out, &self.json[i]);
+            out.push('\n');
+        }
+        out
+    }
+}
 
 /// The columns of `agent_runs` as every query reads them (`error` as text on both engines).
 const RUN_COLUMNS_READ: &str = "org_id, run_id, session_id, user_id, api_key_id, model, provider, status, queued_at, \
@@ -544,26 +588,19 @@ impl RunLedger for PgRunLedger {
         if inserted == 0 {
             return Ok(Recorded::AlreadyRecorded);
         }
-        let mut start = 0;
-        while start < events.len() {
-            let end = (start + PG_EVENT_BATCH).min(events.len());
+        if !events.seq.is_empty() {
+            let text = events.copy_text(&row.org_id, &row.run_id);
             self.counted(1);
-            sqlx::query(
-                "INSERT INTO agent_run_events (org_id, run_id, seq, type, at, critical, json) \
-                 SELECT $1, $2, e.seq, e.type, e.at, e.critical, e.json::json \
-                 FROM UNNEST($3::bigint[], $4::text[], $5::bigint[], $6::boolean[], $7::text[]) AS e(seq, type, at, critical, json)",
-            )
-            .bind(&row.org_id)
-            .bind(&row.run_id)
-            .bind(&events.seq[start..end])
-            .bind(&events.kind[start..end])
-            .bind(&events.at[start..end])
-            .bind(&events.critical[start..end])
-            .bind(&events.json[start..end])
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-            start = end;
+            let mut copy = tx
+                .copy_in_raw(
+                    "COPY agent_run_events (org_id, run_id, seq, type, at, critical, json) FROM STDIN",
+                )
+                .await
+                .map_err(fail)?;
+            for chunk in text.as_bytes().chunks(PG_COPY_CHUNK_BYTES) {
+                copy.send(chunk).await.map_err(fail)?;
+            }
+            copy.finish().await.map_err(fail)?;
         }
         self.counted(1);
         tx.commit().await.map_err(fail)?;

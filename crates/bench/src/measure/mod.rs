@@ -241,7 +241,7 @@ pub fn goals(report: &Report) -> Vec<Goal> {
             .map(|r| format!("{}: {:.0}/s = {:.2}× raw", r.name, r.value.unwrap_or(0.0), r.ratio.unwrap_or(0.0)))
             .collect::<Vec<_>>()
             .join("; "),
-        bound: "SQLite: encoding each event's JSON, then the same multi-row INSERT as the raw side. Postgres: PgRunLedger binds each 2,000-event chunk as five arrays expanded by UNNEST with a ::json cast per row, where the raw side streams COPY text rows; a COPY in PgRunLedger would close the gap".into(),
+        bound: "SQLite: encoding each event's JSON, then the same multi-row INSERT as the raw side. Postgres: PgRunLedger streams the same COPY text rows as the raw side, plus encoding each event's JSON and the run row's insert in the same transaction".into(),
     });
     // Control-plane share of session start under 5 ms p50.
     let share = row(report, "session_start", "control-plane share p50");
