@@ -43,6 +43,7 @@ use switchboard_core::SandboxId;
 use switchboard_ports::sandbox::SandboxState;
 use switchboard_ports::{SandboxProvider, SandboxProviderError};
 use switchboard_server::config::ServeConfig;
+use switchboard_server::demo::group_members;
 use switchboard_server::deployment::OpenOptions;
 use switchboard_server::scripted_model::ScriptedModelServer;
 use switchboard_server::serve::{self, RunningServer};
@@ -145,29 +146,6 @@ impl SandboxProvider for Recorded {
     async fn snapshot(&self, id: &SandboxId) -> Result<String, SandboxProviderError> {
         self.inner.snapshot(id).await
     }
-}
-
-/// The live processes of process group `pgid` (zombies count as gone).
-fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let mut fields = after.split_whitespace();
-            let state = fields.next().unwrap_or("X");
-            let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
-            group == Some(pgid) && state != "Z" && state != "X"
-        })
-        .collect()
 }
 
 /// Polls until no process of group `pgid` is left, or fails after [`WAIT`].

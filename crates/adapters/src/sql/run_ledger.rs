@@ -41,7 +41,7 @@ pub const PG_COPY_CHUNK_BYTES: usize = 1 << 20;
 
 /// Appends one field in Postgres `COPY` text format (backslash, tab, newline and carriage return
 /// escaped; the other characters as they are).
-fn copy_field(out: &mut String, value: &str) {
+pub fn copy_field(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

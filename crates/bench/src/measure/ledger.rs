@@ -7,6 +7,7 @@ use super::{progress, Ctx};
 use crate::report::{Row, Section};
 use sqlx::Connection;
 use std::time::{Duration, Instant};
+use switchboard_adapters::sql::run_ledger::copy_field;
 use switchboard_adapters::sql::scratch::{postgres_gate, ScratchPostgres};
 use switchboard_adapters::sql::{
     connect_sqlite, migrate_postgres, migrate_sqlite, PgRunLedger, SqliteRunLedger,
@@ -136,19 +137,6 @@ async fn raw_sqlite(pool: &sqlx::SqlitePool, runs: &[RunRecord]) -> Result<f64, 
         events += rows.len();
     }
     Ok(events as f64 / spent.as_secs_f64())
-}
-
-/// One field of Postgres `COPY` text format.
-fn copy_field(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
-    }
 }
 
 async fn raw_postgres(pool: &sqlx::PgPool, runs: &[RunRecord]) -> Result<f64, String> {
