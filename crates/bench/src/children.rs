@@ -287,7 +287,11 @@ impl SbServer {
     /// Stops the server (its sandboxes end with it).
     pub async fn stop(mut self) {
         let stdin = self.stdin.take();
+        let logs = self.child.id().map(crate::relay::durable_dir);
         end_child(self.child, stdin).await;
+        if let Some(logs) = logs {
+            let _ = std::fs::remove_dir_all(logs);
+        }
     }
 }
 
@@ -346,6 +350,10 @@ impl Relay {
 
     pub async fn stop(mut self) {
         let stdin = self.stdin.take();
+        let logs = self.child.id().map(crate::relay::durable_dir);
         end_child(self.child, stdin).await;
+        if let Some(logs) = logs {
+            let _ = std::fs::remove_dir_all(logs);
+        }
     }
 }

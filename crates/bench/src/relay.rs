@@ -3,7 +3,10 @@
 //! A sandbox dials `/sandbox/{room}`, clients dial `/client/{room}`, and every text frame the
 //! sandbox sends is forwarded as is to every client of the room (a client is first sent
 //! `{"type":"hello"}` once it is registered, as Switchboard sends its own hello). `/replay/{n}` streams `n` event
-//! envelopes held in memory, the baseline of a replay. Run as `switchboard-bench relay`.
+//! envelopes held in memory, the baseline of a replay. A sandbox that dials `/durable/{room}`
+//! instead has each frame committed, as one row, to a SQLite file of its own (WAL,
+//! `synchronous = FULL`, as Switchboard's session stores) before it is forwarded: the floor any
+//! relay pays that persists each event before showing it. Run as `switchboard-bench relay`.
 
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -91,9 +94,29 @@ async fn connection(stream: TcpStream, rooms: Rooms, id: u64) {
                 clients.retain(|(c, _)| *c != id);
             }
         }
-        "sandbox" => {
+        "sandbox" | "durable" => {
+            let mut log = match kind {
+                "durable" => match durable_log(id).await {
+                    Ok(conn) => Some(conn),
+                    Err(e) => {
+                        eprintln!("relay: {e}");
+                        return;
+                    }
+                },
+                _ => None,
+            };
             while let Some(Ok(message)) = stream.next().await {
-                if let Message::Text(_) = &message {
+                if let Message::Text(text) = &message {
+                    if let Some(conn) = log.as_mut() {
+                        let committed = sqlx::query("INSERT INTO events (json) VALUES (?)")
+                            .bind(text.as_str())
+                            .execute(&mut *conn)
+                            .await;
+                        if let Err(e) = committed {
+                            eprintln!("relay: commit: {e}");
+                            return;
+                        }
+                    }
                     if let Some(clients) = rooms.lock().unwrap().get(&room) {
                         for (_, tx) in clients {
                             let _ = tx.send(message.clone());
@@ -116,4 +139,30 @@ async fn connection(stream: TcpStream, rooms: Rooms, id: u64) {
             let _ = sink.close().await;
         }
     }
+}
+
+/// Where relay process `pid` keeps its durable logs (removed by [`crate::children::Relay::stop`]).
+pub fn durable_dir(pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("switchboard-bench-relay-{pid}"))
+}
+
+/// A fresh SQLite log for durable connection `id`, set up as a session store's (WAL, FULL).
+async fn durable_log(id: u64) -> Result<sqlx::SqliteConnection, String> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    use sqlx::ConnectOptions;
+    let dir = durable_dir(std::process::id());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(dir.join(format!("durable-{id}.db")))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::raw_sql("CREATE TABLE events (seq INTEGER PRIMARY KEY, json TEXT NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
 }

@@ -1,7 +1,9 @@
 //! Relay latency (the figure 1): one sandbox message → its receipt by every client of the session, persisted
 //! first, at 1 and 10 clients per session; p50/p99/p99.9 over every (message, client) receipt.
 //! Messages go one at a time (the next once every client has the last), so the figure is latency,
-//! not queueing. Baseline: the bare relay with the same peers.
+//! not queueing. Baseline: the bare relay with the same peers. A second baseline, the durable
+//! relay (the bare relay committing each frame to SQLite with an fsync before forwarding it),
+//! shows how much of the difference is the durable commit alone.
 
 use super::{live_session, ms, progress, receipt_client, receipt_of, Ctx, Receipts};
 use crate::children::Relay;
@@ -79,10 +81,12 @@ async fn switchboard(
     Ok(samples)
 }
 
-async fn bare(ctx: &Ctx, relay: &Relay, clients: usize) -> Result<Vec<f64>, String> {
-    let room = format!("latency-{clients}");
+/// The relay, bare (`durable = false`) or committing each frame first.
+async fn bare(ctx: &Ctx, relay: &Relay, clients: usize, durable: bool) -> Result<Vec<f64>, String> {
+    let room = format!("latency-{clients}-{durable}");
+    let kind = if durable { "durable" } else { "sandbox" };
     let mut setup = Setup {
-        sandbox: Sandbox::start(wire::dial(&relay.ws(&format!("/sandbox/{room}")), None).await?),
+        sandbox: Sandbox::start(wire::dial(&relay.ws(&format!("/{kind}/{room}")), None).await?),
         run_id: "run".into(),
         clients: Vec::new(),
     };
@@ -105,6 +109,9 @@ async fn bare(ctx: &Ctx, relay: &Relay, clients: usize) -> Result<Vec<f64>, Stri
     Ok(samples)
 }
 
+/// The second baseline's name.
+pub const DURABLE_RELAY: &str = "bare relay committing each frame to SQLite (fsync) first";
+
 pub async fn measure(ctx: &Ctx) -> Result<Section, String> {
     let server = ctx.server("latency", &Default::default()).await?;
     let relay = Relay::start(&ctx.exe).await?;
@@ -112,7 +119,8 @@ pub async fn measure(ctx: &Ctx) -> Result<Section, String> {
     for &clients in &ctx.sizes.latency_clients {
         progress(format!("  {clients} client(s) per session"));
         let sb = switchboard(ctx, &server, clients).await?;
-        let base = bare(ctx, &relay, clients).await?;
+        let base = bare(ctx, &relay, clients, false).await?;
+        let durable = bare(ctx, &relay, clients, true).await?;
         for (label, p) in [("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9)] {
             rows.push(Row::new(
                 format!("Switchboard {label} at {clients} client(s)"),
@@ -120,6 +128,15 @@ pub async fn measure(ctx: &Ctx) -> Result<Section, String> {
                 percentile(&sb, p),
                 &format!("bare relay {label}"),
                 Some(percentile(&base, p)),
+            ));
+        }
+        for (label, p) in [("p50", 50.0), ("p99", 99.0)] {
+            rows.push(Row::new(
+                format!("Switchboard {label} at {clients} client(s), against the durable floor"),
+                "ms",
+                percentile(&sb, p),
+                &format!("{DURABLE_RELAY} {label}"),
+                Some(percentile(&durable, p)),
             ));
         }
     }
