@@ -48,23 +48,9 @@ use switchboard_ports::agent::{AgentSessionId, AgentStart, AgentUpdate, RestoreM
 use switchboard_ports::{AgentDriver, AgentDriverError};
 use tokio::sync::oneshot;
 
-/// Builders of prompts in the fake's script language (see the module docs), for tests.
-pub mod script {
-    /// A prompt that waits until cancelled.
-    pub const HANG: &str = "hang";
-    /// A prompt whose reply quotes the first user turn of the conversation.
-    pub const RECALL: &str = "what did I say first?";
-
-    /// A prompt that runs `cmd` as a (fake) bash tool call.
-    pub fn tool(cmd: &str) -> String {
-        format!("tool:{cmd}")
-    }
-
-    /// A prompt that asks permission to use `tool` and waits for the decision.
-    pub fn permission(tool: &str) -> String {
-        format!("permission:{tool}")
-    }
-}
+/// Builders of prompts in the script language (see the module docs), for tests.
+pub use switchboard_ports::agent_script as script;
+use switchboard_ports::agent_script::{chunks, parse, words, Step};
 
 /// What the turn is waiting for, if anything.
 struct ActiveTurn {
@@ -121,48 +107,6 @@ impl Drop for TurnGuard<'_> {
             }
         }
     }
-}
-
-/// What a script rule asks of the turn.
-enum Step {
-    Hang,
-    Permission(String),
-    Tool(String),
-    Recall,
-    Echo,
-}
-
-fn parse(text: &str) -> Step {
-    let words = || text.split_whitespace();
-    if words().any(|w| w == "hang") {
-        return Step::Hang;
-    }
-    if let Some(tool) = words()
-        .find_map(|w| w.strip_prefix("permission:"))
-        .filter(|t| !t.is_empty())
-    {
-        return Step::Permission(tool.to_string());
-    }
-    if let Some((_, cmd)) = text.split_once("tool:") {
-        if !cmd.trim().is_empty() {
-            return Step::Tool(cmd.trim().to_string());
-        }
-    }
-    if text.to_lowercase().contains("what did i say first") {
-        return Step::Recall;
-    }
-    Step::Echo
-}
-
-fn words(text: &str) -> u64 {
-    text.split_whitespace().count() as u64
-}
-
-/// Splits `reply` into at most three non-empty chunks, on character boundaries.
-fn chunks(reply: &str) -> Vec<String> {
-    let chars: Vec<char> = reply.chars().collect();
-    let size = chars.len().div_ceil(3).max(1);
-    chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
 fn send(updates: &mpsc::UnboundedSender<AgentUpdate>, event: Event) {

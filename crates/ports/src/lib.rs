@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod secret;
 
 pub mod agent;
+pub mod agent_script;
 pub mod identity;
 pub mod record;
 pub mod sandbox;

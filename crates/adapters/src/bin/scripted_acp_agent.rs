@@ -1,7 +1,7 @@
 //! `scripted-acp-agent`: a small coding agent that speaks the Agent Client Protocol (v1) on its
-//! stdio and answers prompts by the script language of the in-memory agent fake
-//! (`switchboard_fakes::agent_driver`), so that the real `AcpAgentDriver` can be checked against
-//! the same contract cases. A test double kept in the repo for tests and the demo; no model.
+//! stdio and answers prompts by the script language it shares with the in-memory agent fake
+//! (`switchboard_ports::agent_script`, one parser for both), so that the real `AcpAgentDriver` can
+//! be checked against the same contract cases. A test double kept in the repo for tests and the demo; no model.
 //!
 //! A prompt is matched against these rules, first match wins:
 //!
@@ -43,6 +43,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use switchboard_adapters::acp_driver::parse_history_block;
 use switchboard_core::protocol::{Turn, TurnRole};
+use switchboard_ports::agent_script::{chunks, parse, words, Step};
 use tokio::sync::oneshot;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -89,48 +90,6 @@ struct State {
 }
 
 type Shared = Arc<Mutex<State>>;
-
-enum Step {
-    Hang,
-    Permission(String),
-    Tool(String),
-    Recall,
-    Echo,
-}
-
-fn parse(text: &str) -> Step {
-    let words = || text.split_whitespace();
-    if words().any(|w| w == "hang") {
-        return Step::Hang;
-    }
-    if let Some(tool) = words()
-        .find_map(|w| w.strip_prefix("permission:"))
-        .filter(|t| !t.is_empty())
-    {
-        return Step::Permission(tool.to_string());
-    }
-    if let Some((_, cmd)) = text.split_once("tool:") {
-        if !cmd.trim().is_empty() {
-            return Step::Tool(cmd.trim().to_string());
-        }
-    }
-    if text.to_lowercase().contains("what did i say first") {
-        return Step::Recall;
-    }
-    Step::Echo
-}
-
-fn words(text: &str) -> u64 {
-    text.split_whitespace().count() as u64
-}
-
-/// Splits `reply` into at most three non-empty chunks, on character boundaries.
-fn chunks(reply: &str) -> Vec<String> {
-    let chars: Vec<char> = reply.chars().collect();
-    let size = chars.len().div_ceil(3).max(1);
-    chars.chunks(size).map(|c| c.iter().collect()).collect()
-}
-
 /// Sends one `session/update` (a closed connection ends the turn's task soon enough).
 fn update(cx: &acp::v1::ConnectionTo<acp::Client>, session: &str, update: SessionUpdate) {
     let _ = cx.send_notification(SessionNotification::new(session.to_string(), update));
