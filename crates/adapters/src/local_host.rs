@@ -918,6 +918,16 @@ mod tests {
             carrying.len() <= 2,
             "fifty queued frames are coalesced, not committed one by one: {commits:?}"
         );
+        // The merged commit carried the snapshot of the state after the batch's last frame.
+        let key = SessionKey::for_sandbox_dial_back(
+            OrgId::parse("o-batch").unwrap(),
+            SessionId::parse("s-batch").unwrap(),
+        );
+        let persisted = store.inner.load(&key).await.unwrap().unwrap();
+        assert_eq!(
+            persisted.snapshot.to_value().unwrap()["sandbox"]["last_n"],
+            50
+        );
     }
 
     #[tokio::test]

@@ -54,7 +54,7 @@ fn events(seqs: std::ops::RangeInclusive<u64>) -> Vec<EventEnvelope> {
 }
 
 fn snapshot(version: u64) -> SessionSnapshot {
-    SessionSnapshot(serde_json::json!({ "case_version": version }))
+    SessionSnapshot::from_value(&serde_json::json!({ "case_version": version }))
 }
 
 fn record(k: &SessionKey, run_id: &str) -> RunRecord {

@@ -42,12 +42,16 @@ impl std::fmt::Debug for TokenHash {
 mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    /// Lowercase hex, written on the stack (hashes are in every snapshot).
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        let mut out = String::with_capacity(64);
-        for b in v {
-            out.push_str(&format!("{b:02x}"));
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(v) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
         }
-        s.serialize_str(&out)
+        s.serialize_str(std::str::from_utf8(&out).expect("hex digits are ASCII"))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
@@ -77,5 +81,17 @@ mod tests {
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<TokenHash>(&json).unwrap(), h);
         assert!(!h.matches(&TokenHash([8; 32])));
+    }
+
+    #[test]
+    fn hashes_are_lowercase_hex_on_the_wire() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let json = serde_json::to_string(&TokenHash(bytes)).unwrap();
+        assert_eq!(json, format!("\"{hex}\""));
+        assert_eq!(
+            serde_json::from_str::<TokenHash>(&json).unwrap(),
+            TokenHash(bytes)
+        );
     }
 }

@@ -43,17 +43,49 @@ impl Timestamp {
 
     /// RFC 3339 UTC with millisecond precision.
     pub fn to_rfc3339(self) -> String {
-        let ms = self.0 % 1000;
+        match self.rfc3339_text() {
+            Some(text) => String::from_utf8(text.to_vec()).expect("ASCII"),
+            None => {
+                let (y, m, d, secs, ms) = self.parts();
+                format!(
+                    "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+                    secs / 3600,
+                    (secs / 60) % 60,
+                    secs % 60
+                )
+            }
+        }
+    }
+
+    /// Year, month, day, second of the day and millisecond.
+    fn parts(self) -> (i64, u32, u32, u64, u64) {
         let secs = self.0 / 1000;
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        let (y, m, d) = civil_from_days(days as i64);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            rem / 3600,
-            (rem / 60) % 60,
-            rem % 60
-        )
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        (y, m, d, secs % 86_400, self.0 % 1000)
+    }
+
+    /// [`Timestamp::to_rfc3339`]'s text, written on the stack, for the years with four digits
+    /// (every timestamp on the wire and in the stores: they are written for every event).
+    fn rfc3339_text(self) -> Option<[u8; 24]> {
+        let (y, m, d, secs, ms) = self.parts();
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for digit in text[at..at + width].iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, y as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, secs / 3600);
+        put(14, 2, (secs / 60) % 60);
+        put(17, 2, secs % 60);
+        put(20, 3, ms);
+        Some(text)
     }
 
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (fractions beyond milliseconds are truncated).
@@ -117,20 +149,40 @@ impl Timestamp {
 
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_rfc3339())
+        match self.rfc3339_text() {
+            Some(text) => f.write_str(std::str::from_utf8(&text).expect("ASCII")),
+            None => f.write_str(&self.to_rfc3339()),
+        }
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_rfc3339())
+        match self.rfc3339_text() {
+            Some(text) => s.serialize_str(std::str::from_utf8(&text).expect("ASCII")),
+            None => s.serialize_str(&self.to_rfc3339()),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(TimestampVisitor)
+    }
+}
+
+/// Reads a timestamp from the string as the deserializer has it (no copy).
+struct TimestampVisitor;
+
+impl serde::de::Visitor<'_> for TimestampVisitor {
+    type Value = Timestamp;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Timestamp, E> {
+        Timestamp::parse_rfc3339(s).map_err(E::custom)
     }
 }
 
@@ -204,11 +256,50 @@ mod tests {
         }
     }
 
+    /// How the text was formatted before it was written on the stack.
+    fn formatted(t: Timestamp) -> String {
+        let (ms, secs) = (t.0 % 1000, t.0 / 1000);
+        let rem = secs % 86_400;
+        let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60
+        )
+    }
+
+    #[test]
+    fn the_text_is_the_same_past_the_four_digit_years() {
+        for ms in [253_402_300_799_999, 253_402_300_800_000, u64::MAX] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(t.to_rfc3339(), formatted(t));
+            assert_eq!(t.to_string(), formatted(t));
+        }
+        assert_eq!(
+            Timestamp::from_millis(253_402_300_799_999).to_rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("5")
+                .unwrap_err()
+                .to_string(),
+            "invalid type: integer `5`, expected a string at line 1 column 1"
+        );
+    }
+
     proptest! {
         #[test]
         fn round_trips(ms in 0u64..8_000_000_000_000) {
             let t = Timestamp::from_millis(ms);
             prop_assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()).unwrap(), t);
+        }
+
+        #[test]
+        fn text_and_json_are_what_formatting_gave(ms in 0u64..300_000_000_000_000) {
+            let t = Timestamp::from_millis(ms);
+            prop_assert_eq!(t.to_rfc3339(), formatted(t));
+            prop_assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{}\"", formatted(t)));
         }
     }
 }

@@ -733,7 +733,7 @@ fn restore_from_snapshot_mid_run() {
 fn unreadable_snapshots_are_corrupt() {
     let config = test_config();
     let persisted = |value: serde_json::Value| Persisted {
-        snapshot: SessionSnapshot(value),
+        snapshot: SessionSnapshot::from_value(&value),
         outbox: Vec::new(),
         active_run_events: Vec::new(),
     };
@@ -746,7 +746,7 @@ fn unreadable_snapshots_are_corrupt() {
         assert_eq!(error.class, ErrorClass::Corrupt);
     }
     let w = World::started(test_config());
-    let mut snapshot = w.store.snapshot.clone().unwrap().0;
+    let mut snapshot = w.store.snapshot.clone().unwrap().to_value().unwrap();
     assert!(Session::restore(T0, config.clone(), persisted(snapshot.clone())).is_ok());
     snapshot["next_seq"] = serde_json::json!("many");
     assert_eq!(

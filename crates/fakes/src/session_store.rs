@@ -182,7 +182,7 @@ mod tests {
     fn commit(seqs: std::ops::RangeInclusive<u64>, v: u64) -> Commit {
         Commit {
             events: seqs.map(event).collect(),
-            snapshot: Some(SessionSnapshot(serde_json::json!({ "v": v }))),
+            snapshot: Some(SessionSnapshot::from_value(&serde_json::json!({ "v": v }))),
             ..Commit::default()
         }
     }
@@ -207,7 +207,7 @@ mod tests {
             Err(SessionStoreError::Invalid(_))
         ));
         let loaded = block_on(store.load(&k)).unwrap().unwrap();
-        assert_eq!(loaded.snapshot.0["v"], 1);
+        assert_eq!(loaded.snapshot.to_value().unwrap()["v"], 1);
         assert_eq!(store.event_count(&k), 2);
         block_on(store.commit(&k, &commit(3..=3, 3))).unwrap();
         assert_eq!(

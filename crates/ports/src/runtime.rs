@@ -33,9 +33,12 @@
 //!
 //! **Coalesced sandbox messages.** [`SessionRuntime::sandbox_messages`] feeds several sandbox
 //! messages that queued up while the runtime was busy, one after another, and makes their commits
-//! durable as one: each `Persist` is merged into the batch's commit (events appended, the last
-//! snapshot kept, outbox changes applied in order), and every effect that follows the batch's first
-//! `Persist` is held until that merged commit is durable. Nothing is shown, acknowledged or
+//! durable as one: each `Persist` is merged into the batch's commit (events appended, outbox
+//! changes applied in order), and every effect that follows the batch's first `Persist` is held
+//! until that merged commit is durable. The machine coalesces meanwhile
+//! (`Session::begin_coalescing`): its steps leave the snapshot out, and the merged commit carries
+//! the one snapshot of the state after the batch's last step, so the state is serialized once per
+//! batch rather than once per message. Nothing is shown, acknowledged or
 //! dispatched earlier than one commit per message would show it; a sandbox that streams faster than
 //! one fsync per message gets one fsync per batch instead. A merged commit that fails fails every
 //! message of the batch, and none of the held effects takes place.
@@ -577,6 +580,7 @@ impl SessionRuntime {
         while messages.peek().is_some() {
             let mut fed = Vec::new();
             self.batch = Some(Batch::default());
+            self.machine.begin_coalescing();
             for (conn, message) in messages.by_ref().take(BATCH_MESSAGES) {
                 if !self.sandboxes.contains_key(&conn) || refused_conns.contains(&conn) {
                     answers.push(Err(rejection(
@@ -625,8 +629,13 @@ impl SessionRuntime {
         let Some(batch) = self.batch.take() else {
             return true;
         };
+        // The state is serialized once for the batch, after its last step.
+        let mut commit = batch.commit;
+        if let Some(snapshot) = self.machine.end_coalescing() {
+            commit.get_or_insert_with(Commit::default).snapshot = Some(snapshot);
+        }
         let mut durable = true;
-        if let Some(commit) = batch.commit {
+        if let Some(commit) = commit.filter(|c| !c.is_empty()) {
             let lost_before = std::mem::replace(&mut self.call_lost_commit, false);
             self.persist(commit).await;
             durable = !self.call_lost_commit;
@@ -729,8 +738,11 @@ impl SessionRuntime {
             Effect::Persist(commit) => self.persist(commit).await,
             Effect::Deliver { to, frame } => {
                 if self.is_durable(&frame) {
-                    for conn in to {
-                        self.send_to_client(conn, frame.clone());
+                    if let Some((last, others)) = to.split_last() {
+                        for conn in others {
+                            self.send_to_client(*conn, frame.clone());
+                        }
+                        self.send_to_client(*last, frame);
                     }
                 }
             }
@@ -1074,8 +1086,8 @@ mod tests {
     #[test]
     fn merged_commits_write_what_the_commits_wrote_in_order() {
         let snapshot = |n: u64| {
-            Some(switchboard_core::session::SessionSnapshot(
-                serde_json::json!({ "n": n }),
+            Some(switchboard_core::session::SessionSnapshot::from_value(
+                &serde_json::json!({ "n": n }),
             ))
         };
         let mut merged = Commit {

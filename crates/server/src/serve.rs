@@ -120,6 +120,10 @@ pub async fn start_with(
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router(state);
+    // Frames are small and must go out at once (as the bare relay's do): no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

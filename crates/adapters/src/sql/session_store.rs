@@ -4,11 +4,13 @@
 //! Each database holds the session's event log, its machine snapshot and its run-ledger outbox
 //! (schema: `migrations/session/0001_session.sql`, applied when a file is opened, versioned by
 //! `PRAGMA user_version`; a file of a newer schema is refused). A file is created by the first
-//! commit that the store accepts; a session exists for `load` and `list` once a snapshot landed.
+//! commit that the store accepts, as a copy of an empty database made once per store (already in
+//! WAL mode, schema applied: see `create_database`); a session exists for `load` and `list` once a
+//! snapshot landed.
 //!
 //! Writes: one commit is one `BEGIN IMMEDIATE` transaction: the seq check against `MAX(seq)`, the
 //! events as multi-row `INSERT`s of [`INSERT_SHAPES`] rows (largest first, so a connection prepares
-//! at most three statements however its commits vary in size: the runtime coalesces a varying
+//! at most seven statements however its commits vary in size: the runtime coalesces a varying
 //! number of events into one commit), the snapshot upsert and the outbox removals then puts. Everything is encoded
 //! before the transaction starts, so the write lock is held only for SQL. A commit that fails
 //! rolls back whole; the connection it used is closed rather than returned to the pool, because
@@ -95,8 +97,10 @@ pub fn default_open_sessions() -> usize {
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Rows per multi-row event `INSERT`, largest first (six bound values a row, well under SQLite's
-/// variable limit). A commit's events are written as many of the largest as fit, then of the next.
-pub const INSERT_SHAPES: [usize; 3] = [64, 8, 1];
+/// variable limit). A commit's events are written as many of the largest as fit, then of the next:
+/// the powers of two, so that below 64 each shape is used at most once (a statement is a round
+/// trip to the connection's thread), in seven statements a connection prepares once each.
+pub const INSERT_SHAPES: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 /// Splits `n` rows into chunk lengths drawn from [`INSERT_SHAPES`], largest first.
 fn insert_chunks(mut n: usize) -> Vec<usize> {
@@ -138,6 +142,9 @@ pub struct SqliteSessionStore {
     root: PathBuf,
     options: SqliteSessionStoreOptions,
     cache: Mutex<PoolCache>,
+    /// A new session's database file as bytes (see [`SqliteSessionStore::create_database`]),
+    /// made on the first creation.
+    template: OnceCell<Arc<[u8]>>,
 }
 
 /// One session's pool, opened on first use. Callers hold the `Arc` while they use the pool, which
@@ -182,15 +189,18 @@ struct EventRow {
     json: String,
 }
 
-/// A commit encoded for SQL, before its transaction starts.
+/// A commit encoded for SQL, before its transaction starts. The snapshot is the machine's JSON
+/// text, written as it is.
 struct EncodedCommit {
     events: Vec<EventRow>,
-    snapshot: Option<String>,
+    snapshot: Option<SessionSnapshot>,
     outbox_put: Vec<(String, String)>,
     outbox_remove: Vec<String>,
 }
 
 static PROBE: AtomicU64 = AtomicU64::new(0);
+/// Numbers the temporary files of new session databases and of templates.
+static NEW_FILES: AtomicU64 = AtomicU64::new(0);
 
 impl SqliteSessionStore {
     /// Opens the store under `data_dir` with the default options, creating `<data_dir>/sessions`.
@@ -230,6 +240,7 @@ impl SqliteSessionStore {
                 ..options
             },
             cache: Mutex::new(PoolCache::default()),
+            template: OnceCell::new(),
         })
     }
 
@@ -401,6 +412,89 @@ impl SqliteSessionStore {
         let _ = conn.close().await;
         result.map_err(|f| f.into_port(&context))
     }
+
+    /// Puts a new session's database at `path`, without SQLite's own creation: a copy of
+    /// [`SqliteSessionStore::template`] (already in WAL mode, schema applied) is written to a
+    /// temporary file beside it, flushed, then linked under the session's name. Creating the file
+    /// through SQLite costs a rollback journal (created, written, synced twice, the directory
+    /// synced, deleted) to switch it to WAL, then a second WAL commit for the schema.
+    ///
+    /// Crash safety: the session's name only ever holds the whole template (a crash leaves at
+    /// most a hidden `.…new` file, which nothing reads); a template file without a snapshot is a
+    /// session that does not exist, for `load` and `list` alike. The link is made durable by the
+    /// first commit: SQLite creates the `-wal` in the same directory and syncs that directory
+    /// before its first commit returns. A new org directory is synced into its parent here.
+    async fn create_database(
+        &self,
+        key: &SessionKey,
+        path: &Path,
+    ) -> Result<(), SessionStoreError> {
+        let template = self.template().await?;
+        let org_dir = self.org_dir(key.org())?;
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+        let temporary = org_dir.join(format!(
+            ".{file_name}.{}-{}.new",
+            std::process::id(),
+            NEW_FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = path.to_path_buf();
+        let context = format!("session {key}: creating {}", path.display());
+        tokio::task::spawn_blocking(move || {
+            install_database(&org_dir, &temporary, &path, &template)
+        })
+        .await
+        .map_err(|e| SessionStoreError::Unavailable(format!("{context}: {e}")))?
+        .map_err(|e| SessionStoreError::Unavailable(format!("{context}: {e}")))
+    }
+
+    /// The bytes of an empty session database in WAL mode with the schema applied, made once:
+    /// SQLite creates it under `<root>` with this store's connection options, checkpoints and
+    /// closes it; the file is read and removed.
+    async fn template(&self) -> Result<Arc<[u8]>, SessionStoreError> {
+        self.template
+            .get_or_try_init(|| async {
+                let path = self.root.join(format!(
+                    ".template-{}-{}.db",
+                    std::process::id(),
+                    NEW_FILES.fetch_add(1, Ordering::Relaxed)
+                ));
+                let context = format!("making the new-session template {}", path.display());
+                let made = async {
+                    let mut conn =
+                        SqliteConnection::connect_with(&self.connect_options(&path, true)).await?;
+                    let applied = async {
+                        apply_schema(&mut conn, &path).await?;
+                        sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                            .execute(&mut conn)
+                            .await?;
+                        Ok::<(), Failure>(())
+                    }
+                    .await;
+                    conn.close().await?;
+                    applied?;
+                    let bytes = tokio::fs::read(&path).await.map_err(|e| {
+                        Failure::Port(SessionStoreError::Unavailable(format!(
+                            "cannot read it: {e}"
+                        )))
+                    })?;
+                    if !bytes.starts_with(b"SQLite format 3\0") {
+                        return Err(Failure::Port(SessionStoreError::Unavailable(
+                            "it is not an SQLite database".into(),
+                        )));
+                    }
+                    Ok(Arc::from(bytes))
+                }
+                .await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = tokio::fs::remove_file(file).await;
+                }
+                made.map_err(|f| f.into_port(&context))
+            })
+            .await
+            .cloned()
+    }
 }
 
 impl PoolCache {
@@ -451,6 +545,38 @@ fn path_component<'a>(kind: &str, id: &'a str) -> Result<&'a str, SessionStoreEr
             "{kind} id {id:?} cannot name a session database file"
         )))
     }
+}
+
+/// Writes `template` to `temporary` (a new file), syncs it, links it as `path` and removes
+/// `temporary`; an existing `path` is left as it is. Creates `org_dir` if needed, syncing its
+/// parent when it made it.
+fn install_database(
+    org_dir: &Path,
+    temporary: &Path,
+    path: &Path,
+    template: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !org_dir.is_dir() {
+        create_private_dir_all(org_dir)?;
+        if let Some(parent) = org_dir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(temporary)?;
+    let written = file.write_all(template).and_then(|()| file.sync_all());
+    drop(file);
+    let linked = written.and_then(|()| match std::fs::hard_link(temporary, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let removed = std::fs::remove_file(temporary);
+    linked.and(removed)
 }
 
 fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
@@ -508,10 +634,7 @@ fn encode(key: &SessionKey, commit: &Commit) -> Result<EncodedCommit, SessionSto
             json: serde_json::to_string(event).map_err(|e| invalid("an event", e))?,
         });
     }
-    let snapshot = match &commit.snapshot {
-        Some(s) => Some(serde_json::to_string(&s.0).map_err(|e| invalid("the snapshot", e))?),
-        None => None,
-    };
+    let snapshot = commit.snapshot.clone();
     let mut outbox_put = Vec::with_capacity(commit.outbox_put.len());
     for record in &commit.outbox_put {
         let json = serde_json::to_string(record).map_err(|e| invalid("a run record", e))?;
@@ -527,6 +650,23 @@ fn encode(key: &SessionKey, commit: &Commit) -> Result<EncodedCommit, SessionSto
             .map(|r| r.as_str().to_string())
             .collect(),
     })
+}
+
+/// The `INSERT` of `rows` events, built once for each of [`INSERT_SHAPES`] (a 64-row statement
+/// is over a kilobyte of text, and every commit names one or more).
+fn insert_events_statement(rows: usize) -> Arc<str> {
+    static STATEMENTS: std::sync::OnceLock<Vec<(usize, Arc<str>)>> = std::sync::OnceLock::new();
+    STATEMENTS
+        .get_or_init(|| {
+            INSERT_SHAPES
+                .iter()
+                .map(|&shape| (shape, insert_events_sql(shape).into()))
+                .collect()
+        })
+        .iter()
+        .find(|(shape, _)| *shape == rows)
+        .map(|(_, sql)| sql.clone())
+        .unwrap_or_else(|| insert_events_sql(rows).into())
 }
 
 fn insert_events_sql(rows: usize) -> String {
@@ -547,7 +687,7 @@ async fn write_commit(
     conn: &mut SqliteConnection,
     key: &SessionKey,
     commit: &Commit,
-    encoded: &EncodedCommit,
+    encoded: EncodedCommit,
 ) -> Result<(), Failure> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
@@ -557,19 +697,18 @@ async fn write_commit(
         tx.rollback().await?;
         return Err(Failure::Port(refusal));
     }
-    let mut rest = encoded.events.as_slice();
-    for len in insert_chunks(rest.len()) {
-        let (chunk, later) = rest.split_at(len);
-        rest = later;
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_events_sql(chunk.len())));
-        for row in chunk {
+    // The rows move into the statements' arguments: no copy of their text.
+    let mut rows = encoded.events.into_iter();
+    for len in insert_chunks(rows.len()) {
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_events_statement(len)));
+        for row in rows.by_ref().take(len) {
             insert = insert
                 .bind(row.seq)
-                .bind(row.run_id.clone())
-                .bind(row.kind.clone())
+                .bind(row.run_id)
+                .bind(row.kind)
                 .bind(row.at)
                 .bind(row.critical)
-                .bind(row.json.clone());
+                .bind(row.json);
         }
         insert.execute(&mut *tx).await?;
     }
@@ -578,7 +717,7 @@ async fn write_commit(
             "INSERT INTO snapshot (id, json) VALUES (1, ?) \
              ON CONFLICT (id) DO UPDATE SET json = excluded.json",
         )
-        .bind(snapshot.clone())
+        .bind(snapshot.shared_text())
         .execute(&mut *tx)
         .await?;
     }
@@ -669,8 +808,10 @@ async fn read_persisted(
         tx.rollback().await?;
         return Ok(None);
     };
-    let snapshot =
-        SessionSnapshot(serde_json::from_str(&snapshot).map_err(|e| corrupt(key, "snapshot", e))?);
+    // Kept as the text it was written as; only checked to be JSON here (the machine reads it).
+    serde_json::from_str::<serde::de::IgnoredAny>(&snapshot)
+        .map_err(|e| corrupt(key, "snapshot", e))?;
+    let snapshot = SessionSnapshot::from_json(snapshot);
     let outbox: Vec<String> = sqlx::query_scalar("SELECT json FROM outbox ORDER BY rowid")
         .fetch_all(&mut *tx)
         .await?;
@@ -730,23 +871,19 @@ impl SessionStore for SqliteSessionStore {
             return Ok(());
         }
         let encoded = encode(key, commit)?;
-        if !file_exists(&path).await? {
+        // An open pool means the file exists: only a session's first commit looks (on a blocking
+        // thread) for its file.
+        if self.cached(&path).is_none() && !file_exists(&path).await? {
             // A refused first commit creates no file.
             check_seqs(key, 0, commit)?;
             if !self.options.read_only {
-                let org_dir = self.org_dir(key.org())?;
-                create_private_dir_all(&org_dir).map_err(|e| {
-                    SessionStoreError::Unavailable(format!(
-                        "cannot create {}: {e}",
-                        org_dir.display()
-                    ))
-                })?;
+                self.create_database(key, &path).await?;
             }
         }
         let lease = self.lease(&path, true).await?;
         let context = format!("session {key}: commit");
         let mut conn = Self::acquire(&lease, &context).await?;
-        let result = write_commit(&mut conn, key, commit, &encoded).await;
+        let result = write_commit(&mut conn, key, commit, encoded).await;
         Self::settle(conn, result, &context)
     }
 
@@ -849,18 +986,28 @@ mod tests {
         let sql = insert_events_sql(3);
         assert_eq!(sql.matches('?').count(), 18);
         assert!(sql.ends_with("(?, ?, ?, ?, ?, ?)"));
+        for rows in INSERT_SHAPES.into_iter().chain([3]) {
+            assert_eq!(&*insert_events_statement(rows), insert_events_sql(rows));
+        }
     }
 
     #[test]
-    fn events_are_inserted_in_three_statement_shapes() {
+    fn events_are_inserted_in_seven_statement_shapes() {
         assert_eq!(insert_chunks(0), Vec::<usize>::new());
         assert_eq!(insert_chunks(1), vec![1]);
-        assert_eq!(insert_chunks(75), vec![64, 8, 1, 1, 1]);
+        assert_eq!(insert_chunks(75), vec![64, 8, 2, 1]);
+        assert_eq!(insert_chunks(63), vec![32, 16, 8, 4, 2, 1]);
+        assert_eq!(insert_chunks(192), vec![64, 64, 64]);
         for n in 0..300 {
             let chunks = insert_chunks(n);
             assert_eq!(chunks.iter().sum::<usize>(), n);
             assert!(chunks.iter().all(|c| INSERT_SHAPES.contains(c)));
             assert!(chunks.windows(2).all(|w| w[0] >= w[1]), "largest first");
+            let below_64: Vec<&usize> = chunks.iter().filter(|&&c| c < 64).collect();
+            assert!(
+                below_64.windows(2).all(|w| w[0] > w[1]),
+                "each shape under 64 at most once: {chunks:?}"
+            );
         }
     }
 
@@ -873,5 +1020,63 @@ mod tests {
     #[test]
     fn the_schema_version_is_the_last_migration() {
         assert_eq!(SCHEMA.last().map(|s| s.0), Some(SCHEMA_VERSION));
+    }
+
+    /// A session database made from the template (as a crash right after it would leave it):
+    /// already in WAL mode at the current schema, and no session until a commit lands.
+    #[tokio::test]
+    async fn a_database_made_from_the_template_is_no_session_until_its_first_commit() {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-session-template-{}-{}",
+            std::process::id(),
+            NEW_FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let store = SqliteSessionStore::open(&dir).unwrap();
+        let org = OrgId::parse("org-t").unwrap();
+        let key = SessionKey::from_host_storage(org.clone(), SessionId::parse("s1").unwrap());
+        let path = store.database_path(&key).unwrap();
+        store.create_database(&key, &path).await.unwrap();
+        let org_dir = path.parent().unwrap();
+        // A temporary file a crash left behind is nobody's database.
+        std::fs::write(org_dir.join(".s2.db.1-1.new"), b"torn").unwrap();
+        let names: Vec<String> = std::fs::read_dir(org_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "only the session's file beside it: {names:?}"
+        );
+        {
+            let mut conn = SqliteConnection::connect_with(
+                &SqliteConnectOptions::new().filename(&path).read_only(true),
+            )
+            .await
+            .unwrap();
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            assert_eq!(user_version(&mut conn).await.ok(), Some(SCHEMA_VERSION));
+            conn.close().await.unwrap();
+        }
+        assert!(store.load(&key).await.unwrap().is_none());
+        assert_eq!(store.list(&org).await.unwrap(), Vec::<SessionId>::new());
+        // A second creation leaves the file as it is.
+        store.create_database(&key, &path).await.unwrap();
+
+        let commit = Commit {
+            events: Vec::new(),
+            snapshot: Some(SessionSnapshot::from_json(r#"{"v":1}"#.to_string())),
+            outbox_put: Vec::new(),
+            outbox_remove: Vec::new(),
+        };
+        store.commit(&key, &commit).await.unwrap();
+        assert!(store.load(&key).await.unwrap().is_some());
+        assert_eq!(store.list(&org).await.unwrap(), vec![key.session().clone()]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,7 +4,7 @@
 //! Run handling lives in `runs.rs`, the sandbox link in `sandbox_link.rs`, the persisted layout in
 //! `state.rs`; they all add `impl Session` blocks to the type defined here.
 
-use super::state::{InFlightPeek, Link, Phase, SandboxSlot, State, SNAPSHOT_VERSION};
+use super::state::{InFlightPeek, Link, Phase, SandboxSlot, State, VersionPeek, SNAPSHOT_VERSION};
 use super::types::*;
 use crate::error::ErrorClass;
 use crate::ids::{ConnId, RunId};
@@ -24,6 +24,10 @@ use std::time::Duration;
 /// - Carry out effects in the order `poll_effect` returns them. Each `handle` call yields at most
 ///   one [`Effect::Persist`], always first; nothing after it may happen before it is durable.
 ///   When it cannot be made durable, feed [`Input::StoreFailed`] (the machine fails closed).
+/// - To write the commits of several calls as one, wrap the calls in
+///   [`Session::begin_coalescing`] and [`Session::end_coalescing`]: merge their `Persist`s, add the
+///   snapshot `end_coalescing` returns, and hold everything that followed the first `Persist`
+///   until the merged commit is durable.
 /// - Answer every [`Effect::SpawnSandbox`] with [`Input::SandboxTokenIssued`] (at once) and
 ///   [`Input::SpawnResult`]; every [`Effect::DispatchRun`] with [`Input::DispatchResult`]; every
 ///   [`Effect::RecordRun`] with [`Input::RunRecorded`]. A `RecordRun` left unanswered for
@@ -59,8 +63,13 @@ pub(super) struct Live {
     pub hibernated: bool,
     /// Since when the connected sandbox has had nothing to do.
     pub sandbox_idle_since: Option<Timestamp>,
-    /// The snapshot as last persisted, to tell whether a commit needs a new one.
-    pub persisted_snapshot: serde_json::Value,
+    /// The snapshot as last persisted (`None` before the first), to tell whether a commit
+    /// needs a new one.
+    pub persisted_snapshot: Option<SessionSnapshot>,
+    /// Where each step serializes the state, kept between steps for its capacity.
+    pub snapshot_buffer: Vec<u8>,
+    /// Between [`Session::begin_coalescing`] and [`Session::end_coalescing`].
+    pub coalescing: bool,
     /// Statuses last published on the org event bus.
     pub published: Option<(SessionStatus, SandboxStatus)>,
     pub step: Step,
@@ -156,7 +165,9 @@ impl Session {
                 hibernate_at: None,
                 hibernated: false,
                 sandbox_idle_since: None,
-                persisted_snapshot: serde_json::Value::Null,
+                persisted_snapshot: None,
+                snapshot_buffer: Vec::new(),
+                coalescing: false,
                 published: None,
                 step: Step::default(),
                 evicted: None,
@@ -177,17 +188,18 @@ impl Session {
     ) -> Result<Session, Rejection> {
         let corrupt =
             |message: String| rejection(ErrorClass::Corrupt, "unreadable_snapshot", message);
-        let version = persisted
-            .snapshot
-            .0
-            .get("version")
+        let text = persisted.snapshot.as_str();
+        let version = serde_json::from_str::<VersionPeek>(text)
+            .map_err(|e| corrupt(format!("snapshot is not a JSON object: {e}")))?
+            .version
+            .as_ref()
             .and_then(serde_json::Value::as_u64);
         if version != Some(u64::from(SNAPSHOT_VERSION)) {
             return Err(corrupt(format!(
                 "snapshot version {version:?} is not {SNAPSHOT_VERSION}"
             )));
         }
-        let mut state: State = serde_json::from_value(persisted.snapshot.0.clone())
+        let mut state: State = serde_json::from_str(text)
             .map_err(|e| corrupt(format!("snapshot does not decode: {e}")))?;
         if state.next_seq == 0 {
             return Err(corrupt("snapshot has next_seq 0".into()));
@@ -240,7 +252,9 @@ impl Session {
                 hibernate_at: None,
                 hibernated: false,
                 sandbox_idle_since: None,
-                persisted_snapshot: persisted.snapshot.0,
+                persisted_snapshot: Some(persisted.snapshot),
+                snapshot_buffer: Vec::new(),
+                coalescing: false,
                 published,
                 step: Step::default(),
                 evicted: None,
@@ -265,7 +279,7 @@ impl Session {
     /// Which run was in flight in `snapshot`, and the seq of its first event, so the store can
     /// load that run's events for [`Persisted::active_run_events`].
     pub fn active_run_first_seq(snapshot: &SessionSnapshot) -> Option<(RunId, u64)> {
-        let peek: InFlightPeek = serde_json::from_value(snapshot.0.clone()).ok()?;
+        let peek: InFlightPeek = serde_json::from_str(snapshot.as_str()).ok()?;
         peek.in_flight.map(|run| (run.run_id, run.queued_seq))
     }
 
@@ -295,6 +309,25 @@ impl Session {
 
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
+    }
+
+    /// Starts a run of steps whose commits the shell merges and writes as one (a batch of sandbox
+    /// messages that queued up). Until [`Session::end_coalescing`], every accepted step still
+    /// begins with a `Persist`, but one that leaves the snapshot out, and one that goes out even
+    /// when nothing else is in it: everything the step does after it must wait for the merged
+    /// commit. The state is then serialized once for the whole run instead of once per step.
+    pub fn begin_coalescing(&mut self) {
+        self.live.coalescing = true;
+    }
+
+    /// Ends the run of steps begun by [`Session::begin_coalescing`]: the snapshot the merged
+    /// commit must carry, when the state differs from the last snapshot handed out.
+    pub fn end_coalescing(&mut self) -> Option<SessionSnapshot> {
+        self.live.coalescing = false;
+        if self.live.evicted.is_some() {
+            return None;
+        }
+        self.changed_snapshot()
     }
 
     /// The earliest time at which `handle(now, Input::Tick)` has something to do.
@@ -433,12 +466,13 @@ impl Session {
 
     /// Appends an event: next seq, stamped `now`, delivered to every attached client after the
     /// commit, kept un-ACKed when critical, and added to the run in flight when it is one of its.
+    /// Returns it as the step holds it (clone it only where it must be kept elsewhere).
     pub(super) fn emit(
         &mut self,
         now: Timestamp,
         run_id: Option<RunId>,
         event: Event,
-    ) -> EventEnvelope {
+    ) -> &EventEnvelope {
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
         let envelope = EventEnvelope {
@@ -469,8 +503,12 @@ impl Session {
                 frame: ServerFrame::Event(envelope.clone()),
             });
         }
-        self.live.step.events.push(envelope.clone());
-        envelope
+        self.live.step.events.push(envelope);
+        self.live
+            .step
+            .events
+            .last()
+            .expect("the event was just added")
     }
 
     /// Queues an effect to go out after this call's `Persist`.
@@ -490,21 +528,19 @@ impl Session {
         self.reconcile(now);
         self.rearm_timers(now);
 
-        let snapshot =
-            serde_json::to_value(&self.state).expect("the session state always serializes");
-        let snapshot_changed = snapshot != self.live.persisted_snapshot;
-        if snapshot_changed {
-            self.live.persisted_snapshot = snapshot;
-        }
         let step = std::mem::take(&mut self.live.step);
+        let coalescing = self.live.coalescing;
         let commit = Commit {
             events: step.events,
-            snapshot: snapshot_changed
-                .then(|| SessionSnapshot(self.live.persisted_snapshot.clone())),
+            snapshot: if coalescing {
+                None
+            } else {
+                self.changed_snapshot()
+            },
             outbox_put: step.outbox_put,
             outbox_remove: step.outbox_remove,
         };
-        if !commit.is_empty() {
+        if coalescing || !commit.is_empty() {
             self.effects.push_back(Effect::Persist(commit));
         }
         self.effects.extend(step.effects);
@@ -523,6 +559,32 @@ impl Session {
         if step.hibernate {
             self.effects.push_back(Effect::Hibernate);
         }
+    }
+
+    /// The state's snapshot when it differs from the one last persisted (which it then becomes).
+    ///
+    /// The state is serialized straight to JSON text and compared byte for byte: no value tree is
+    /// built, and a change can never be missed. The text is the JSON object that printing a
+    /// `serde_json::Value` of the state gave before: the same bytes where serde_json keeps object
+    /// keys in insertion order (`preserve_order`, which the server's build has through
+    /// `agent-client-protocol`), the same keys in another order otherwise.
+    pub(super) fn changed_snapshot(&mut self) -> Option<SessionSnapshot> {
+        let buffer = &mut self.live.snapshot_buffer;
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, &self.state)
+            .expect("the session state always serializes");
+        if self
+            .live
+            .persisted_snapshot
+            .as_ref()
+            .is_some_and(|persisted| persisted.as_str().as_bytes() == buffer.as_slice())
+        {
+            return None;
+        }
+        let text = std::str::from_utf8(buffer).expect("serde_json writes UTF-8");
+        let snapshot = SessionSnapshot::from_json(text);
+        self.live.persisted_snapshot = Some(snapshot.clone());
+        Some(snapshot)
     }
 
     /// Carries out what the state calls for after any input: dispatch the head of the queue or

@@ -15,6 +15,8 @@
 mod machine;
 mod runs;
 mod sandbox_link;
+#[cfg(test)]
+mod snapshot_tests;
 mod state;
 mod types;
 

@@ -117,15 +117,17 @@ impl Session {
         let position =
             u32::try_from(self.state.queue.len() + usize::from(self.state.in_flight.is_some()))
                 .unwrap_or(u32::MAX);
-        let queued = self.emit(
-            now,
-            Some(run_id.clone()),
-            Event::RunQueued {
-                position,
-                text: text.clone(),
-                client_msg_id: client_msg_id.clone(),
-            },
-        );
+        let queued = self
+            .emit(
+                now,
+                Some(run_id.clone()),
+                Event::RunQueued {
+                    position,
+                    text: text.clone(),
+                    client_msg_id: client_msg_id.clone(),
+                },
+            )
+            .clone();
         self.state.queue.push_back(Run {
             run_id: run_id.clone(),
             by,
@@ -356,17 +358,19 @@ impl Session {
             .price
             .map(|price| price.cost_micros(outcome.usage))
             .unwrap_or(0);
-        let complete = self.emit(
-            now,
-            Some(run.run_id.clone()),
-            Event::ExecutionComplete {
-                status,
-                stop_reason: outcome.stop_reason,
-                usage: outcome.usage,
-                cost_micros,
-                error: error.clone(),
-            },
-        );
+        let complete = self
+            .emit(
+                now,
+                Some(run.run_id.clone()),
+                Event::ExecutionComplete {
+                    status,
+                    stop_reason: outcome.stop_reason,
+                    usage: outcome.usage,
+                    cost_micros,
+                    error: error.clone(),
+                },
+            )
+            .clone();
         run.events.push(complete);
 
         if status == TerminalStatus::Completed {

@@ -198,6 +198,14 @@ pub(super) struct State {
     pub permissions: Option<PermissionPolicy>,
 }
 
+/// The layout version of a snapshot (read before the rest, so that another layout is named as
+/// such rather than failing to decode).
+#[derive(Deserialize)]
+pub(super) struct VersionPeek {
+    #[serde(default)]
+    pub version: Option<serde_json::Value>,
+}
+
 /// The part of a snapshot that names the run in flight (read without decoding the rest).
 #[derive(Deserialize)]
 pub(super) struct InFlightPeek {

@@ -14,6 +14,7 @@ use crate::tenancy::{Attribution, SessionKey};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a permission request is decided for a tool.
@@ -381,11 +382,48 @@ pub struct SandboxInfo {
 }
 
 /// Everything the machine needs to continue after its process died or it hibernated, apart from
-/// the event log, the outbox and the events of the run in flight. Serialized as JSON by stores.
+/// the event log, the outbox and the events of the run in flight: one JSON object, as text.
 ///
-/// The machine owns the layout; stores treat it as an opaque JSON value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionSnapshot(pub serde_json::Value);
+/// The machine owns the layout and writes the text; stores keep it as it is and hand the same
+/// text back (no decoding on the write path). Cloning shares the text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionSnapshot(Arc<str>);
+
+impl SessionSnapshot {
+    /// A snapshot from its JSON text, as a store read it back. It is not checked here:
+    /// [`crate::session::Session::restore`] refuses text it cannot read as `Corrupt`.
+    pub fn from_json(text: impl Into<Arc<str>>) -> Self {
+        SessionSnapshot(text.into())
+    }
+
+    /// A snapshot holding `value` as JSON text (tests and hand-made snapshots).
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        SessionSnapshot::from_json(value.to_string())
+    }
+
+    /// The JSON text, to store as it is.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The JSON text, shared rather than copied (for a store that takes ownership of it).
+    pub fn shared_text(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
+    /// The JSON text decoded into a value (tests and tools; the machine reads it directly).
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SessionSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SessionSnapshot")
+            .field(&self.as_str())
+            .finish()
+    }
+}
 
 /// What a store hands back to rebuild a machine.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::channel::mpsc;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +38,11 @@ use super::auth::Authed;
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 /// A peer that sends nothing (not even a pong) for this long is dropped.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-/// A peer that takes longer than this to take one frame (it stopped reading) is dropped.
+/// A peer that takes longer than this to take one frame, or one burst of queued frames (it
+/// stopped reading), is dropped.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Frames written to a socket between two flushes at most (see `send_burst`).
+const WRITE_BURST: usize = 64;
 /// How long a closing socket waits for the peer's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
@@ -209,10 +212,12 @@ async fn pump_client(
                     };
                     break Ending::Closed(close_code::GOING_AWAY, reason);
                 };
-                if let ServerFrame::Event(event) = &frame {
-                    last_seq = Some(event.seq);
-                }
-                if send_json(&mut socket, &frame).await.is_err() {
+                let track = |frame: &ServerFrame| {
+                    if let ServerFrame::Event(event) = frame {
+                        last_seq = Some(event.seq);
+                    }
+                };
+                if send_burst(&mut socket, frame, &mut frames, track).await.is_err() {
                     break Ending::PeerGone;
                 }
             }
@@ -321,7 +326,7 @@ async fn pump_sandbox(
                 let Some(frame) = frame else {
                     break Ending::Closed(close_code::GOING_AWAY, "the session closed this connection".into());
                 };
-                if send_json(&mut socket, &frame).await.is_err() {
+                if send_burst(&mut socket, frame, &mut frames, |_| {}).await.is_err() {
                     break Ending::PeerGone;
                 }
             }
@@ -392,8 +397,40 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
 }
 
 async fn send_json(socket: &mut WebSocket, value: &impl Serialize) -> Result<(), ()> {
-    let text = serde_json::to_string(value).expect("wire types serialize");
-    send(socket, Message::text(text)).await
+    send(socket, json_message(value)).await
+}
+
+fn json_message(value: &impl Serialize) -> Message {
+    Message::text(serde_json::to_string(value).expect("wire types serialize"))
+}
+
+/// Sends `first` and the frames already queued behind it (at most [`WRITE_BURST`] in all), then
+/// flushes once: a session that hands over a batch of events (or ACKs) costs one write to the
+/// socket, not one per frame. `each` sees every frame as it goes. A peer that does not take the
+/// burst within [`SEND_TIMEOUT`] counts as gone.
+async fn send_burst<T: Serialize>(
+    socket: &mut WebSocket,
+    first: T,
+    queued: &mut mpsc::Receiver<T>,
+    mut each: impl FnMut(&T),
+) -> Result<(), ()> {
+    let burst = async {
+        each(&first);
+        socket.feed(json_message(&first)).await?;
+        for _ in 1..WRITE_BURST {
+            // Empty or closed: the pump's next read of the stream tells which.
+            let Ok(frame) = queued.try_recv() else {
+                break;
+            };
+            each(&frame);
+            socket.feed(json_message(&frame)).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, burst).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
 }
 
 /// Ends the socket as `ending` calls for: sends the server's close frame (its reason cut to the
