@@ -41,13 +41,31 @@
 //! # Snapshots
 //! `snapshot` of a running sandbox writes a gzipped tarball of its workspace and returns the
 //! tarball's absolute path; an exited sandbox is `Conflict`.
+//!
+//! # Prepared ahead
+//! Under bubblewrap, setting up a sandbox (its directories, then bwrap's namespaces and mounts)
+//! takes a few milliseconds of a session's start. So after each spawn the provider prepares the
+//! next sandbox on a thread of its own ([`LocalSandboxConfig::prepare_ahead`], on by default):
+//! its directories and log made, bubblewrap running with the same mounts as any other sandbox,
+//! and inside it, instead of the bridge, a `/bin/sh` launcher waiting on its stdin (a pipe from
+//! the provider). The next spawn without a repository takes it and writes the bridge's
+//! environment, program and arguments to that pipe, one a line; the launcher runs them with
+//! `env -i` (exactly that environment, plus `PWD`, as bwrap sets it for a sandbox started
+//! directly) and stdin from /dev/null, so the bridge's process, group and environment are those
+//! of a sandbox started at the spawn. Nothing secret is in the prepared sandbox before it is
+//! taken; its lifetime starts when it is taken. A launcher whose pipe closes without the full
+//! message (the server died) exits without running anything. A spawn that cannot use it (a
+//! repository to clone, another agent program to bind, a value with a newline, a variable name
+//! `env` could misread, a bridge path with `=`, or the launcher gone) starts its sandbox
+//! directly. Dropping the provider kills and removes the prepared sandbox; a server that dies
+//! leaves at most its unused directory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,6 +102,14 @@ const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const DEFAULT_LANG: &str = "C.UTF-8";
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
+/// The shell that runs [`LAUNCHER`] in a sandbox prepared ahead.
+const LAUNCHER_SHELL: &str = "/bin/sh";
+/// Where `env` may live (the launcher runs the bridge through `env -i`).
+const ENV_PROGRAMS: [&str; 2] = ["/usr/bin/env", "/bin/env"];
+/// The launcher of a sandbox prepared ahead (`sh -c LAUNCHER <env program>`): reads lines
+/// (`NAME=value`…, then the program, then its arguments) until an empty one, then runs
+/// `env -i <lines>` with stdin from /dev/null. Input that ends first runs nothing (exit 70).
+const LAUNCHER: &str = r#"while IFS= read -r line; do [ -n "$line" ] || exec "$0" -i "$@" </dev/null; set -- "$@" "$line"; done; exit 70"#;
 /// How long to wait for a group to die after SIGKILL before calling the sandbox lost.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -207,6 +233,8 @@ pub struct LocalSandboxConfig {
     pub terminate_grace: Duration,
     /// How long a `git clone` may take.
     pub clone_timeout: Duration,
+    /// Under bubblewrap, keep the next sandbox prepared (see the module docs).
+    pub prepare_ahead: bool,
 }
 
 impl LocalSandboxConfig {
@@ -226,6 +254,7 @@ impl LocalSandboxConfig {
             env: BTreeMap::new(),
             terminate_grace: Duration::from_secs(5),
             clone_timeout: Duration::from_secs(300),
+            prepare_ahead: true,
         }
     }
 
@@ -270,6 +299,12 @@ impl LocalSandboxConfig {
 
     pub fn with_clone_timeout(mut self, timeout: Duration) -> Self {
         self.clone_timeout = timeout;
+        self
+    }
+
+    /// Whether to keep the next sandbox prepared under bubblewrap (default: yes).
+    pub fn with_prepare_ahead(mut self, prepare_ahead: bool) -> Self {
+        self.prepare_ahead = prepare_ahead;
         self
     }
 }
@@ -403,11 +438,45 @@ struct Sandbox {
     snapshots: u64,
 }
 
+/// A sandbox prepared ahead of its spawn: bubblewrap set up, the launcher waiting on `launch`.
+struct Prepared {
+    id: SandboxId,
+    dir: PathBuf,
+    workspace: PathBuf,
+    home: PathBuf,
+    /// The agent program bound into it; a spawn for another one does not take it.
+    agent_program: Option<PathBuf>,
+    child: std::process::Child,
+    launch: std::process::ChildStdin,
+}
+
+impl Prepared {
+    /// Kills it and removes its directory (blocks until bwrap is reaped).
+    fn discard(mut self) {
+        sys::signal_group(self.child.id() as i32, SIGKILL);
+        drop(self.launch);
+        let _ = self.child.wait();
+        let _ = remove_tree(&self.dir);
+    }
+}
+
+/// The prepared sandbox, shared with the thread that prepares it.
+#[derive(Default)]
+struct Ahead {
+    ready: Option<Prepared>,
+    preparing: Option<std::thread::JoinHandle<()>>,
+    /// The provider is dropped: nothing more is prepared, and what is finished is discarded.
+    closed: bool,
+}
+
 /// A [`SandboxProvider`] that runs each sandbox as a local process group. See the module docs.
 pub struct LocalProcessSandboxProvider {
     config: LocalSandboxConfig,
     isolation: Isolation,
     boxes: Mutex<HashMap<SandboxId, Sandbox>>,
+    /// The `env` program the launcher of a prepared sandbox runs, when sandboxes are prepared.
+    launcher_env: Option<PathBuf>,
+    ahead: Arc<Mutex<Ahead>>,
 }
 
 impl std::fmt::Debug for LocalProcessSandboxProvider {
@@ -542,10 +611,19 @@ impl LocalProcessSandboxProvider {
         } else {
             tracing::warn!(bridge = %config.bridge.display(), "local sandboxes are {isolation}");
         }
+        // The launcher's programs must be there, and visible inside a sandbox.
+        let usable =
+            |program: &Path| is_executable(program) && !covered_in_sandbox(&config.hidden, program);
+        let launcher_env =
+            (config.prepare_ahead && isolation.is_isolated() && usable(Path::new(LAUNCHER_SHELL)))
+                .then(|| ENV_PROGRAMS.iter().map(PathBuf::from).find(|p| usable(p)))
+                .flatten();
         Ok(LocalProcessSandboxProvider {
             config,
             isolation,
             boxes: Mutex::new(HashMap::new()),
+            launcher_env,
+            ahead: Arc::default(),
         })
     }
 
@@ -653,30 +731,233 @@ impl LocalProcessSandboxProvider {
                 cmd
             }
             Isolation::Bubblewrap { program } => {
-                let mut cmd = std::process::Command::new(program);
-                cmd.args(bwrap_base_args());
-                // Outermost first; a path inside another hidden one is covered already.
-                let mut hidden: Vec<&PathBuf> = self.config.hidden.iter().collect();
-                hidden.sort_by_key(|p| p.components().count());
-                let mut covered: Vec<&PathBuf> = Vec::new();
-                for path in hidden {
-                    if path.exists() && !covered.iter().any(|c| path.starts_with(c)) {
-                        cmd.arg("--tmpfs").arg(path);
-                        covered.push(path);
-                    }
-                }
-                // The bridge and an agent given by absolute path stay reachable even when they
-                // live under /tmp or a hidden path.
-                let agent = agent_program.filter(|p| p.is_absolute() && p.exists());
-                for program in std::iter::once(self.config.bridge.as_path()).chain(agent) {
-                    cmd.arg("--ro-bind").arg(program).arg(program);
-                }
-                cmd.arg("--bind").arg(workspace).arg(workspace);
-                cmd.arg("--bind").arg(home).arg(home);
-                cmd.arg("--chdir").arg(workspace);
-                cmd.arg("--").arg(&self.config.bridge);
+                let mut cmd = self.bwrap_command(program, workspace, home, agent_program);
+                cmd.arg(&self.config.bridge);
                 cmd.args(&self.config.bridge_args);
                 cmd
+            }
+        }
+    }
+
+    /// Bubblewrap at `program` with a sandbox's mounts, up to and including `--` (the command
+    /// to run inside follows).
+    fn bwrap_command(
+        &self,
+        program: &Path,
+        workspace: &Path,
+        home: &Path,
+        agent_program: Option<&Path>,
+    ) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(bwrap_base_args());
+        // Outermost first; a path inside another hidden one is covered already.
+        let mut hidden: Vec<&PathBuf> = self.config.hidden.iter().collect();
+        hidden.sort_by_key(|p| p.components().count());
+        let mut covered: Vec<&PathBuf> = Vec::new();
+        for path in hidden {
+            if path.exists() && !covered.iter().any(|c| path.starts_with(c)) {
+                cmd.arg("--tmpfs").arg(path);
+                covered.push(path);
+            }
+        }
+        // The bridge and an agent given by absolute path stay reachable even when they live
+        // under /tmp or a hidden path (elsewhere the read-only system shows them already).
+        let agent = agent_program.filter(|p| p.is_absolute() && p.exists());
+        for program in std::iter::once(self.config.bridge.as_path()).chain(agent) {
+            if covered_in_sandbox(&self.config.hidden, program) {
+                cmd.arg("--ro-bind").arg(program).arg(program);
+            }
+        }
+        cmd.arg("--bind").arg(workspace).arg(workspace);
+        cmd.arg("--bind").arg(home).arg(home);
+        cmd.arg("--chdir").arg(workspace);
+        cmd.arg("--");
+        cmd
+    }
+
+    /// The program of `agent`'s command line, when the provider knows one.
+    fn agent_program(&self, agent: &str) -> Option<PathBuf> {
+        self.config
+            .agent_commands
+            .get(agent)
+            .and_then(|line| line.split_whitespace().next())
+            .map(PathBuf::from)
+    }
+
+    fn ahead(&self) -> std::sync::MutexGuard<'_, Ahead> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts preparing the next sandbox (for `agent`) on a thread of its own, unless sandboxes
+    /// are not prepared here or one is ready or on its way.
+    fn prepare_next(&self, agent: &str) {
+        let (Some(env_program), Isolation::Bubblewrap { program }) =
+            (&self.launcher_env, &self.isolation)
+        else {
+            return;
+        };
+        let mut ahead = self.ahead();
+        let busy = ahead.preparing.as_ref().is_some_and(|t| !t.is_finished());
+        if ahead.closed || ahead.ready.is_some() || busy {
+            return;
+        }
+        if let Some(finished) = ahead.preparing.take() {
+            let _ = finished.join();
+        }
+        let id = new_sandbox_id();
+        let dir = self.config.root.join(id.as_str());
+        let (workspace, home) = (dir.join("workspace"), dir.join("home"));
+        let agent_program = self.agent_program(agent);
+        let mut cmd = self.bwrap_command(program, &workspace, &home, agent_program.as_deref());
+        cmd.arg(LAUNCHER_SHELL)
+            .arg("-c")
+            .arg(LAUNCHER)
+            .arg(env_program)
+            .env_clear()
+            .current_dir(&workspace)
+            .process_group(0)
+            .stdin(Stdio::piped());
+        let slot = self.ahead.clone();
+        let thread = std::thread::Builder::new()
+            .name("sandbox-prepare".into())
+            .spawn(move || match prepare(cmd, &dir, &workspace, &home) {
+                Ok((child, launch)) => {
+                    let prepared = Prepared {
+                        id,
+                        dir,
+                        workspace,
+                        home,
+                        agent_program,
+                        child,
+                        launch,
+                    };
+                    let mut ahead = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    if ahead.closed || ahead.ready.is_some() {
+                        drop(ahead);
+                        prepared.discard();
+                    } else {
+                        ahead.ready = Some(prepared);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prepare a sandbox ahead");
+                    let _ = remove_tree(&dir);
+                }
+            });
+        ahead.preparing = thread.ok();
+    }
+
+    /// Hands `prepared` back for a later spawn.
+    fn keep_prepared(&self, prepared: Prepared) {
+        let mut ahead = self.ahead();
+        if ahead.ready.is_none() && !ahead.closed {
+            ahead.ready = Some(prepared);
+        } else {
+            drop(ahead);
+            tokio::task::spawn_blocking(move || prepared.discard());
+        }
+    }
+
+    /// What the launcher of a prepared sandbox is sent for `spec`: the bridge's environment
+    /// (with `PWD`) as `NAME=value` lines, its program, its arguments, then an empty line. `None`
+    /// when lines cannot carry them (a newline in a value, an empty argument, `=` in the
+    /// program's path…) or `env` could misread them (a variable name other than letters, digits
+    /// and `_`, not starting with a digit).
+    fn launch_message(
+        &self,
+        spec: &SpawnSpec,
+        id: &SandboxId,
+        workspace: &Path,
+        home: &Path,
+    ) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut env = self.sandbox_env(spec, id, workspace, home);
+        env.insert("PWD".to_string(), workspace.to_str()?.to_string());
+        let mut message = Vec::new();
+        for (name, value) in &env {
+            // A name `env` could take for an option, or one lines cannot carry, goes the direct way.
+            let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain || value.contains('\n') {
+                return None;
+            }
+            message.extend_from_slice(name.as_bytes());
+            message.push(b'=');
+            message.extend_from_slice(value.as_bytes());
+            message.push(b'\n');
+        }
+        let program = self.config.bridge.as_os_str().as_bytes();
+        if !self.config.bridge.is_absolute() || program.contains(&b'=') || program.contains(&b'\n')
+        {
+            return None;
+        }
+        message.extend_from_slice(program);
+        message.push(b'\n');
+        for arg in &self.config.bridge_args {
+            if arg.is_empty() || arg.contains('\n') {
+                return None;
+            }
+            message.extend_from_slice(arg.as_bytes());
+            message.push(b'\n');
+        }
+        message.push(b'\n');
+        (message.len() <= MAX_LAUNCH_MESSAGE).then_some(message)
+    }
+
+    /// Starts `spec`'s bridge in the prepared sandbox, when there is one it can use (then
+    /// prepares the next); `None` when the sandbox is to be started directly.
+    async fn start_prepared(
+        &self,
+        spec: &SpawnSpec,
+    ) -> Result<Option<SandboxId>, SandboxProviderError> {
+        if self.launcher_env.is_none() || spec.repo.is_some() {
+            return Ok(None);
+        }
+        let Some(mut prepared) = self.ahead().ready.take() else {
+            return Ok(None);
+        };
+        if prepared.agent_program != self.agent_program(&spec.agent) {
+            // Prepared for another agent: replaced by one for this agent after this spawn.
+            tokio::task::spawn_blocking(move || prepared.discard());
+            return Ok(None);
+        }
+        if !is_executable(&self.config.bridge) {
+            self.keep_prepared(prepared);
+            return Err(unavailable(format!(
+                "the bridge {} is not an executable file (see --bridge)",
+                self.config.bridge.display()
+            )));
+        }
+        let message = self.launch_message(spec, &prepared.id, &prepared.workspace, &prepared.home);
+        let Some(message) = message else {
+            self.keep_prepared(prepared);
+            return Ok(None);
+        };
+        if let Err(e) = std::io::Write::write_all(&mut prepared.launch, &message) {
+            tracing::warn!(sandbox = %prepared.id, error = %e, "the prepared sandbox is gone; starting one directly");
+            tokio::task::spawn_blocking(move || prepared.discard());
+            return Ok(None);
+        }
+        let Prepared {
+            id,
+            dir,
+            workspace,
+            child,
+            launch,
+            ..
+        } = prepared;
+        drop(launch);
+        match self.watch(spec, &id, &dir, workspace, child) {
+            Ok(sandbox) => {
+                tracing::info!(sandbox = %id, session = %spec.session_key, pgid = sandbox.pgid, isolated = true, prepared = true, "sandbox started");
+                self.lock().insert(id.clone(), sandbox);
+                self.prepare_next(&spec.agent);
+                Ok(Some(id))
+            }
+            Err(e) => {
+                let _ = tokio::task::spawn_blocking(move || remove_tree(&dir)).await;
+                tracing::warn!(session = %spec.session_key, error = %e, "sandbox did not start");
+                Err(e)
             }
         }
     }
@@ -799,12 +1080,7 @@ impl LocalProcessSandboxProvider {
             .open(&log_path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", log_path.display())))?;
         let log_err = log.try_clone().map_err(unavailable)?;
-        let agent_program = self
-            .config
-            .agent_commands
-            .get(&spec.agent)
-            .and_then(|line| line.split_whitespace().next())
-            .map(PathBuf::from);
+        let agent_program = self.agent_program(&spec.agent);
         let mut cmd = self.bridge_command(&workspace, &home, agent_program.as_deref());
         cmd.env_clear()
             .envs(self.sandbox_env(spec, id, &workspace, &home))
@@ -813,12 +1089,25 @@ impl LocalProcessSandboxProvider {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             unavailable(format!(
                 "cannot start the bridge {}: {e}",
                 self.config.bridge.display()
             ))
         })?;
+        self.watch(spec, id, dir, workspace, child)
+    }
+
+    /// Watches a started sandbox: a thread reaps its bridge (then kills what is left of its
+    /// group) and publishes the exit; another ends it at the spec's maximum lifetime.
+    fn watch(
+        &self,
+        spec: &SpawnSpec,
+        id: &SandboxId,
+        dir: &Path,
+        workspace: PathBuf,
+        mut child: std::process::Child,
+    ) -> Result<Sandbox, SandboxProviderError> {
         let pgid = child.id() as i32;
 
         // The waiter reaps the bridge, kills what it left in its group, and publishes the exit.
@@ -875,6 +1164,59 @@ impl LocalProcessSandboxProvider {
     }
 }
 
+/// Whether `program` lies under a path a sandbox sees covered (its private /tmp, /dev and /proc,
+/// or one of the `hidden` paths), as given or with its links resolved; one that cannot be
+/// resolved counts as covered.
+fn covered_in_sandbox(hidden: &[PathBuf], program: &Path) -> bool {
+    let under = |path: &Path| {
+        ["/tmp", "/dev", "/proc"]
+            .iter()
+            .any(|private| path.starts_with(private))
+            || hidden.iter().any(|hidden| {
+                path.starts_with(hidden)
+                    || std::fs::canonicalize(hidden).is_ok_and(|real| path.starts_with(real))
+            })
+    };
+    under(program) || std::fs::canonicalize(program).map_or(true, |real| under(&real))
+}
+
+fn new_sandbox_id() -> SandboxId {
+    SandboxId::parse(format!("lp-{}", uuid::Uuid::now_v7().simple()))
+        .expect("lp-<hex> is a valid sandbox id")
+}
+
+/// The longest launch message sent to a prepared sandbox (well within a pipe's buffer, so the
+/// write never waits on the launcher); a longer one starts its sandbox directly.
+const MAX_LAUNCH_MESSAGE: usize = 16 * 1024;
+
+/// Makes a prepared sandbox's directories and log, and starts `cmd` (bubblewrap running the
+/// launcher) with its stdin a pipe. `dir` is made without its parents: a root that was removed
+/// (the server's data directory) is not made again.
+fn prepare(
+    mut cmd: std::process::Command,
+    dir: &Path,
+    workspace: &Path,
+    home: &Path,
+) -> std::io::Result<(std::process::Child, std::process::ChildStdin)> {
+    for path in [dir, home, workspace] {
+        std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("bridge.log"))?;
+    let log_err = log.try_clone()?;
+    let mut child = cmd.stdout(log).stderr(log_err).spawn()?;
+    match child.stdin.take() {
+        Some(launch) => Ok((child, launch)),
+        None => {
+            sys::signal_group(child.id() as i32, SIGKILL);
+            let _ = child.wait();
+            Err(std::io::Error::other("the launcher has no stdin pipe"))
+        }
+    }
+}
+
 /// Waits until the bridge's exit is published, at most `within`.
 async fn exited_within(exit: &mut watch::Receiver<Option<String>>, within: Duration) -> bool {
     matches!(
@@ -904,8 +1246,10 @@ impl SandboxProvider for LocalProcessSandboxProvider {
                 "{name:?} cannot be an environment variable"
             )));
         }
-        let id = SandboxId::parse(format!("lp-{}", uuid::Uuid::now_v7().simple()))
-            .expect("lp-<hex> is a valid sandbox id");
+        if let Some(id) = self.start_prepared(spec).await? {
+            return Ok(id);
+        }
+        let id = new_sandbox_id();
         let dir = self.config.root.join(id.as_str());
         private_dir(&dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
@@ -913,6 +1257,9 @@ impl SandboxProvider for LocalProcessSandboxProvider {
             Ok(sandbox) => {
                 tracing::info!(sandbox = %id, session = %spec.session_key, pgid = sandbox.pgid, isolated = self.isolation.is_isolated(), "sandbox started");
                 self.lock().insert(id.clone(), sandbox);
+                if spec.repo.is_none() {
+                    self.prepare_next(&spec.agent);
+                }
                 Ok(id)
             }
             Err(e) => {
@@ -1043,8 +1390,20 @@ impl SandboxProvider for LocalProcessSandboxProvider {
 }
 
 impl Drop for LocalProcessSandboxProvider {
-    /// Kills every sandbox still running; the waiter threads reap them.
+    /// Kills every sandbox still running (the waiter threads reap them) and removes the prepared
+    /// one, waiting for one being prepared.
     fn drop(&mut self) {
+        let (ready, preparing) = {
+            let mut ahead = self.ahead();
+            ahead.closed = true;
+            (ahead.ready.take(), ahead.preparing.take())
+        };
+        if let Some(thread) = preparing {
+            let _ = thread.join();
+        }
+        if let Some(prepared) = ready {
+            prepared.discard();
+        }
         let boxes = self.boxes.get_mut().unwrap_or_else(|p| p.into_inner());
         for (id, sandbox) in boxes.iter() {
             if sandbox.exit.borrow().is_none() {
@@ -1074,6 +1433,272 @@ mod tests {
             "file:///srv/a@b/repo",
             "an @ in the path is not user info"
         );
+    }
+
+    /// Runs the launcher as a prepared sandbox does (without bubblewrap), sends it `message`
+    /// and closes the pipe; its exit status and stdout.
+    fn launch(message: &[u8]) -> (ExitStatus, String) {
+        use std::io::Write;
+        let env_program = ENV_PROGRAMS
+            .iter()
+            .find(|p| is_executable(Path::new(p)))
+            .expect("env is installed");
+        let mut child = std::process::Command::new(LAUNCHER_SHELL)
+            .arg("-c")
+            .arg(LAUNCHER)
+            .arg(env_program)
+            .env_clear()
+            .env("LEAKED", "from the launcher's own environment")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status, String::from_utf8(out.stdout).unwrap())
+    }
+
+    #[test]
+    fn the_launcher_runs_exactly_the_environment_and_command_it_is_sent() {
+        let (status, out) =
+            launch(b"A=1\nB=two  words = 'q' $HOME\n/bin/sh\n-c\nenv; readlink /proc/$$/fd/0\n\n");
+        assert!(status.success(), "{status:?}");
+        let mut lines: Vec<&str> = out.lines().collect();
+        let stdin = lines.pop();
+        lines.sort();
+        // `sh` adds PWD (a prepared sandbox sends its own, as bwrap sets it for a direct start).
+        lines.retain(|l| !l.starts_with("PWD="));
+        assert_eq!(lines, ["A=1", "B=two  words = 'q' $HOME"]);
+        assert_eq!(stdin, Some("/dev/null"), "the bridge's stdin is /dev/null");
+    }
+
+    #[test]
+    fn a_launch_cut_short_runs_nothing() {
+        let marker = std::env::temp_dir().join(format!(
+            "sb-launcher-cut-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        let message = format!("A=1\n/usr/bin/touch\n{}\n", marker.display());
+        let (status, _) = launch(message.as_bytes());
+        assert_eq!(status.code(), Some(70));
+        assert!(!marker.exists(), "nothing ran");
+    }
+
+    fn spawn_spec(env: BTreeMap<String, String>) -> SpawnSpec {
+        SpawnSpec {
+            session_key: "org_1:ses_1".into(),
+            callback_url: "ws://127.0.0.1:9/sandbox".into(),
+            token: "one-time-token".into(),
+            agent: "opencode".into(),
+            repo: None,
+            env,
+            timeouts: switchboard_core::protocol::SpawnTimeouts {
+                idle_s: 45,
+                max_s: 600,
+            },
+        }
+    }
+
+    #[test]
+    fn a_launch_message_is_refused_when_lines_cannot_carry_it() {
+        let root = std::env::temp_dir().join(format!("sb-launch-msg-{}", std::process::id()));
+        let p = LocalProcessSandboxProvider::new(
+            LocalSandboxConfig::new(&root)
+                .with_isolation(IsolationChoice::Off)
+                .with_bridge("/opt/bridge", vec!["serve".into()]),
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir(&root);
+        let id = new_sandbox_id();
+        let (workspace, home) = (root.join("w"), root.join("h"));
+        let message = |spec: &SpawnSpec| p.launch_message(spec, &id, &workspace, &home);
+        let sent = String::from_utf8(message(&spawn_spec(BTreeMap::new())).unwrap()).unwrap();
+        assert!(sent.ends_with("\n/opt/bridge\nserve\n\n"), "{sent}");
+        assert!(
+            sent.contains(&format!("\nPWD={}\n", workspace.display())),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("\nSWITCHBOARD_SANDBOX_TOKEN=one-time-token\n"),
+            "{sent}"
+        );
+        let newline = BTreeMap::from([("X".to_string(), "a\nb".to_string())]);
+        assert_eq!(message(&spawn_spec(newline)), None);
+        let option_like = BTreeMap::from([("-u".to_string(), "x".to_string())]);
+        assert_eq!(message(&spawn_spec(option_like)), None);
+        let huge = BTreeMap::from([("X".to_string(), "x".repeat(MAX_LAUNCH_MESSAGE))]);
+        assert_eq!(message(&spawn_spec(huge)), None);
+        for (bridge, args) in [
+            ("/opt/a=b/bridge", vec![]),
+            ("no-such-bridge-on-path", vec![]),
+            ("/opt/bridge", vec![String::new()]),
+        ] {
+            let p = LocalProcessSandboxProvider::new(
+                LocalSandboxConfig::new(&root)
+                    .with_isolation(IsolationChoice::Off)
+                    .with_bridge(bridge, args),
+            )
+            .unwrap();
+            let _ = std::fs::remove_dir(&root);
+            assert_eq!(
+                p.launch_message(&spawn_spec(BTreeMap::new()), &id, &workspace, &home),
+                None,
+                "{bridge}"
+            );
+        }
+    }
+
+    /// A NUL-separated environment as a map.
+    fn environ(bytes: &[u8]) -> BTreeMap<String, String> {
+        bytes
+            .split(|b| *b == 0)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (name, value) = entry.split_once('=').unwrap_or((&entry, ""));
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    /// The content of `path` once it has some, within a few seconds.
+    async fn written(path: &Path) -> Vec<u8> {
+        for _ in 0..500 {
+            match std::fs::read(path) {
+                Ok(bytes) if !bytes.is_empty() => return bytes,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        panic!("{} was never written", path.display());
+    }
+
+    /// Whether a live process (not a zombie) is in group `pgid`, within a few seconds of now.
+    async fn group_lives(pgid: i32) -> bool {
+        for _ in 0..250 {
+            let members = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                        return false;
+                    };
+                    let fields: Vec<&str> = after.split_whitespace().collect();
+                    fields
+                        .first()
+                        .is_some_and(|state| *state != "Z" && *state != "X")
+                        && fields.get(3).and_then(|g| g.parse().ok()) == Some(pgid)
+                })
+                .count();
+            if members == 0 {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// The prepared sandbox, once it is ready: its id, process group and directory.
+    async fn prepared(p: &LocalProcessSandboxProvider) -> (SandboxId, i32, PathBuf) {
+        for _ in 0..500 {
+            if let Some(ready) = p.ahead().ready.as_ref() {
+                return (ready.id.clone(), ready.child.id() as i32, ready.dir.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no sandbox was prepared");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_prepared_sandbox_runs_the_bridge_as_a_direct_start_does() {
+        let scratch = std::env::temp_dir().join(format!(
+            "sb-prepared-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let bridge = scratch.join("bridge");
+        std::fs::write(
+            &bridge,
+            "#!/bin/bash\ncat /proc/$$/environ > \"$SWITCHBOARD_WORKSPACE/.environ\"\nreadlink /proc/$$/fd/0 > \"$SWITCHBOARD_WORKSPACE/.stdin\"\nexec sleep 600\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bridge, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let p = LocalProcessSandboxProvider::new(
+            LocalSandboxConfig::new(scratch.join("sandboxes")).with_bridge(&bridge, Vec::new()),
+        )
+        .unwrap();
+        if !p.isolation().is_isolated() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "under CI local sandboxes must be isolated: {}",
+                p.isolation()
+            );
+            eprintln!(
+                "skipped: sandboxes are prepared only under bubblewrap ({})",
+                p.isolation()
+            );
+            let _ = std::fs::remove_dir_all(&scratch);
+            return;
+        }
+        let spec = spawn_spec(BTreeMap::from([("CASE".to_string(), "a b".to_string())]));
+        let direct = p.spawn(&spec).await.unwrap();
+        let (prepared_id, _, _) = prepared(&p).await;
+        let from_prepared = p.spawn(&spec).await.unwrap();
+        assert_eq!(
+            from_prepared, prepared_id,
+            "the second spawn took the prepared sandbox"
+        );
+        assert_ne!(direct, from_prepared);
+
+        let mut seen = Vec::new();
+        for id in [&direct, &from_prepared] {
+            let workspace = p.workspace(id).unwrap();
+            let env = environ(&written(&workspace.join(".environ")).await);
+            let stdin = written(&workspace.join(".stdin")).await;
+            assert_eq!(String::from_utf8_lossy(&stdin).trim(), "/dev/null");
+            assert_eq!(env["PWD"], workspace.display().to_string());
+            assert_eq!(env[ENV_WORKSPACE], workspace.display().to_string());
+            assert_eq!(env[ENV_SANDBOX_ID], id.to_string());
+            assert!(env["HOME"].starts_with(&p.root().join(id.as_str()).display().to_string()));
+            seen.push(env);
+        }
+        let per_sandbox = ["PWD", ENV_WORKSPACE, ENV_SANDBOX_ID, "HOME"];
+        let common = |env: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            env.iter()
+                .filter(|(name, _)| !per_sandbox.contains(&name.as_str()))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        };
+        assert_eq!(
+            seen[0].keys().collect::<Vec<_>>(),
+            seen[1].keys().collect::<Vec<_>>(),
+            "the same variables"
+        );
+        assert_eq!(common(&seen[0]), common(&seen[1]), "with the same values");
+        assert_eq!(seen[1]["CASE"], "a b");
+
+        // Terminating ends the group of a prepared sandbox as of any other.
+        let pgid = p.process_group(&from_prepared).unwrap();
+        p.terminate(&from_prepared).await.unwrap();
+        assert!(
+            !group_lives(pgid).await,
+            "the prepared sandbox's group is gone"
+        );
+        p.terminate(&direct).await.unwrap();
+
+        // Dropping the provider kills and removes the next prepared sandbox.
+        let (_, pgid, dir) = prepared(&p).await;
+        assert!(dir.join("workspace").is_dir());
+        drop(p);
+        assert!(!dir.exists(), "the unused prepared sandbox is removed");
+        assert!(!group_lives(pgid).await, "and its processes are gone");
+        let _ = std::fs::remove_dir_all(&scratch);
     }
 
     #[test]
