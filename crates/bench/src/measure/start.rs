@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 /// What bounds the control plane's share of a session start (stated with the goal).
-pub const BOUND: &str = "file creation: on this disk creating a file takes about 1.2 ms, and a new session creates four before its 201 (its SQLite database, the rollback journal SQLite uses to switch it to WAL, the -wal and the -shm) plus about eight fsyncs; then the local provider's sandbox directories, log file and bubblewrap start (about 3 ms more than a bare spawn)";
+pub const BOUND: &str = "the durable commits before the spawn and the disk under them. A new session's database is written from a WAL template (three file creations and four fsyncs, about 2.2 ms on a quiet machine, where a file creation costs about 1.2 ms), then the spawn token is committed (about 0.5 ms), and only then does the provider start the bridge. The provider starts it in a sandbox that bubblewrap prepared ahead (the launcher reads its message and execs env, then the bridge: about 2.5 ms). Figures move by 2x with the disk's and the machine's load (5.8 to 11 ms between quiet runs). The next step is the core's to take: mint the token into the first commit and start the spawn alongside it";
 
 /// Reads `ws` until a text frame satisfies `want`; when it arrived.
 async fn until_text(ws: &mut Ws, want: impl Fn(&str) -> bool) -> Result<Instant, String> {
