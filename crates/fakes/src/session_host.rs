@@ -411,6 +411,8 @@ mod tests {
 
     /// What the next commits do.
     enum Flake {
+        /// The commit behaves.
+        Pass,
         Fail(ErrorClass),
         /// The commit lands but the caller hears `Timeout`.
         LoseAnswer,
@@ -444,7 +446,7 @@ mod tests {
                     self.inner.commit(key, commit).await?;
                     Err(SessionStoreError::Timeout("the answer was lost".into()))
                 }
-                None => self.inner.commit(key, commit).await,
+                Some(Flake::Pass) | None => self.inner.commit(key, commit).await,
             }
         }
         async fn load(&self, key: &SessionKey) -> Result<Option<Persisted>, SessionStoreError> {
@@ -468,6 +470,8 @@ mod tests {
 
     struct World {
         host: InMemorySessionHost,
+        /// What `host` runs on: a second host over them is the same deployment after a restart.
+        ports: SessionPorts,
         clock: InMemoryClock,
         store: Arc<FlakyStore>,
         sandboxes: Arc<InMemorySandboxProvider>,
@@ -499,7 +503,8 @@ mod tests {
             Scope::MEMBER.to_vec(),
         );
         World {
-            host: InMemorySessionHost::new(ports),
+            host: InMemorySessionHost::new(ports.clone()),
+            ports,
             clock,
             store,
             sandboxes,
@@ -554,6 +559,64 @@ mod tests {
             "ws://127.0.0.1:8080/sandbox/v1/sessions/o-1/s-1/ws"
         );
         assert!(!spec.token.is_empty());
+    }
+
+    #[test]
+    fn a_session_starts_in_one_commit_that_already_holds_its_sandbox_token() {
+        let w = world();
+        // The first commit lands; the next one (the spawn's answer) fails for good, which evicts
+        // the session.
+        let attempts = switchboard_ports::runtime::PERSIST_ATTEMPTS;
+        w.store.script(
+            std::iter::once(Flake::Pass)
+                .chain((0..attempts).map(|_| Flake::Fail(ErrorClass::Unavailable))),
+        );
+        create(&w);
+        assert_eq!(
+            w.store.commits(),
+            1 + attempts,
+            "one commit started the session (with its token), then the spawn's answer failed"
+        );
+        assert!(!w.host.is_live(&w.principal.tenant().session(s1())));
+        // The token was durable with the start: after a restart, the dial-back is accepted.
+        let spawned = w.sandboxes.spawned();
+        assert_eq!(spawned.len(), 1, "the provider was asked once");
+        let token = SecretString::new(spawned[0].1.token.clone());
+        let restarted = InMemorySessionHost::new(w.ports.clone());
+        let key = w.principal.tenant().session(s1());
+        let link = block_on(restarted.attach_sandbox(&key, &token));
+        assert!(
+            link.is_ok(),
+            "the rebuilt session knows the token: {:?}",
+            link.err()
+        );
+        let wrong = SecretString::new("sbx_not-the-token".to_string());
+        let refused =
+            block_on(InMemorySessionHost::new(w.ports.clone()).attach_sandbox(&key, &wrong));
+        assert_eq!(
+            refused.err().map(|e| e.class()),
+            Some(ErrorClass::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn no_sandbox_is_asked_for_when_the_start_is_not_durable() {
+        let w = world();
+        w.store
+            .script((0..3).map(|_| Flake::Fail(ErrorClass::Unavailable)));
+        let request = CreateSession {
+            session_id: s1(),
+            model: ModelRef::parse("openai/gpt-test").unwrap(),
+            agent: "opencode".into(),
+            repo: None,
+            permissions: None,
+        };
+        let refused = block_on(w.host.create(&w.principal, request)).unwrap_err();
+        assert_eq!(refused.class(), ErrorClass::Unavailable);
+        assert!(
+            w.sandboxes.spawned().is_empty(),
+            "a sandbox for a session that does not exist would leak"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! | `Replay` | deferred: pages `SessionStore::events` into the client's outbox, waiting for that client to read; live frames for it are held until the replay is through. |
 //! | `AcceptSandbox`, `RejectSandbox`, `CloseSandbox` | inline: mark the sandbox outbox accepted, or close it. |
 //! | `SendToSandbox` | inline, into the sandbox outbox; a full outbox closes the socket (`SandboxDisconnected` fed). |
-//! | `SpawnSandbox` | inline: mint a token and feed `SandboxTokenIssued`; deferred: `SandboxProvider::spawn` → `SpawnResult`. |
+//! | `SpawnSandbox` | inline: mint a token and feed `SandboxTokenIssued` (in the same batch, so the token's hash is in the commit that asks for the sandbox); deferred, once that commit is durable: `SandboxProvider::spawn` → `SpawnResult`. |
 //! | `TerminateSandbox` | deferred: `SandboxProvider::terminate`, a few tries; an unknown sandbox counts as ended. |
 //! | `DispatchRun` | deferred: `PriceBook::price` and `ModelGateway::resolve`; then inline: the `run` frame, then `DispatchResult`. |
 //! | `RecordRun` | deferred: `RunLedger::record` → `RunRecorded`. |
@@ -42,6 +42,12 @@
 //! dispatched earlier than one commit per message would show it; a sandbox that streams faster than
 //! one fsync per message gets one fsync per batch instead. A merged commit that fails fails every
 //! message of the batch, and none of the held effects takes place.
+//!
+//! **One commit per call.** Every call that feeds an input ([`SessionRuntime::handle`] and the
+//! calls built on it) is a batch of its own as well: the inputs the shell owes the machine for it
+//! are fed inside the batch, so a step that asks for a sandbox and the step that takes the
+//! sandbox's token are written as one commit (a session's start is one commit, not two), and the
+//! provider is called only once that commit is durable.
 //!
 //! Inputs the shell itself owes the machine while carrying out effects (`SandboxTokenIssued`,
 //! `StoreFailed`, `ClientDetached`, `SandboxDisconnected`) are fed after the effects already queued,
@@ -70,7 +76,7 @@ use switchboard_core::protocol::{
 use switchboard_core::run::Price;
 use switchboard_core::session::{
     Accepted, ClientCommand, Commit, Effect, Input, PortFailure, Rejection, Session, SessionConfig,
-    SessionInfo, SessionInit,
+    SessionInfo, SessionInit, SpawnRequest,
 };
 use switchboard_core::tenancy::{Attribution, SessionKey};
 use switchboard_core::{ConnId, ErrorClass, ModelRef, RunId, Timestamp};
@@ -189,13 +195,26 @@ pub struct SessionRuntime {
     batch: Option<Batch>,
 }
 
-/// The commits and held effects of a batch of sandbox messages.
+/// The commits and held effects of a batch: sandbox messages that queued up, or one call's input
+/// and the inputs the shell owes the machine for it.
 #[derive(Default)]
 struct Batch {
     /// The batch's commits merged into one, once one of its steps committed anything.
     commit: Option<Commit>,
     /// Effects after the batch's first `Persist`, in the machine's order.
-    held: VecDeque<Effect>,
+    held: VecDeque<Held>,
+}
+
+/// An effect waiting for its batch's commit.
+enum Held {
+    Effect(Effect),
+    /// The provider call of a `SpawnSandbox` whose token was minted while the batch was open, so
+    /// that the token's hash is in the batch's commit: the sandbox is asked for once that commit
+    /// is durable, and never when it is not.
+    Spawn {
+        spawn: u32,
+        spec: Box<SpawnSpec>,
+    },
 }
 
 /// Folds `next` into `into` so that writing `into` has the effect of writing both in order:
@@ -325,8 +344,16 @@ impl SessionRuntime {
     /// e.g., a prompt is never acknowledged before it is durable).
     pub async fn handle(&mut self, input: Input) -> Result<Accepted, Rejection> {
         self.call_lost_commit = false;
-        let accepted = self.feed(input)?;
-        self.carry_out_effects().await;
+        // One batch for the input and what the shell owes the machine for it: a step that asks
+        // for a sandbox and the step that takes its token are written as one commit.
+        self.batch = Some(Batch::default());
+        self.machine.begin_coalescing();
+        let fed = self.feed(input);
+        if fed.is_ok() {
+            self.carry_out_effects().await;
+        }
+        self.flush_batch().await;
+        let accepted = fed?;
         if self.call_lost_commit {
             let failure = self
                 .store_failure
@@ -642,8 +669,11 @@ impl SessionRuntime {
             self.call_lost_commit |= lost_before;
         }
         if durable {
-            for effect in batch.held {
-                self.carry_out(effect).await;
+            for held in batch.held {
+                match held {
+                    Held::Effect(effect) => self.carry_out(effect).await,
+                    Held::Spawn { spawn, spec } => self.call_provider(spawn, *spec),
+                }
             }
         }
         self.carry_out_effects().await;
@@ -712,7 +742,8 @@ impl SessionRuntime {
     }
 
     /// While a batch is open: merges a `Persist` into its commit and holds every effect after it;
-    /// gives back an effect that may be carried out now.
+    /// gives back an effect that may be carried out now. A held `SpawnSandbox` has its token minted
+    /// at once (the machine takes the hash in the same batch); only the provider call waits.
     fn hold_in_batch(&mut self, effect: Effect) -> Option<Effect> {
         let Some(batch) = self.batch.as_mut() else {
             return Some(effect);
@@ -725,8 +756,15 @@ impl SessionRuntime {
                 }
                 None
             }
+            Effect::SpawnSandbox { spawn, request } if batch.commit.is_some() => {
+                let spec = Box::new(self.mint_spawn(spawn, request));
+                if let Some(batch) = self.batch.as_mut() {
+                    batch.held.push_back(Held::Spawn { spawn, spec });
+                }
+                None
+            }
             held if batch.commit.is_some() => {
-                batch.held.push_back(held);
+                batch.held.push_back(Held::Effect(held));
                 None
             }
             now => Some(now),
@@ -780,27 +818,8 @@ impl SessionRuntime {
                 model,
             } => self.dispatch(conn, run_id, text, model),
             Effect::SpawnSandbox { spawn, request } => {
-                let (token, token_hash) = self.ports.minter.sandbox_token();
-                self.owed
-                    .push_back(Input::SandboxTokenIssued { spawn, token_hash });
-                let key = self.key();
-                let spec = SpawnSpec {
-                    session_key: key.to_string(),
-                    callback_url: self.ports.callback_url(key),
-                    token: token.expose().to_string(),
-                    agent: request.agent,
-                    repo: request.repo,
-                    env: BTreeMap::new(),
-                    timeouts: SpawnTimeouts {
-                        idle_s: request.idle_s,
-                        max_s: request.max_s,
-                    },
-                };
-                let provider = self.ports.sandboxes.clone();
-                self.defer(async move {
-                    let result = provider.spawn(&spec).await.map_err(|e| e.to_failure());
-                    Completion(Done::Answer(Input::SpawnResult { spawn, result }))
-                });
+                let spec = self.mint_spawn(spawn, request);
+                self.call_provider(spawn, spec);
             }
             Effect::TerminateSandbox { sandbox_id } => {
                 let provider = self.ports.sandboxes.clone();
@@ -854,6 +873,36 @@ impl SessionRuntime {
                 self.hibernating = true;
             }
         }
+    }
+
+    /// Mints spawn attempt `spawn`'s token, owes the machine its hash, and gives the provider's
+    /// spec.
+    fn mint_spawn(&mut self, spawn: u32, request: SpawnRequest) -> SpawnSpec {
+        let (token, token_hash) = self.ports.minter.sandbox_token();
+        self.owed
+            .push_back(Input::SandboxTokenIssued { spawn, token_hash });
+        let key = self.key();
+        SpawnSpec {
+            session_key: key.to_string(),
+            callback_url: self.ports.callback_url(key),
+            token: token.expose().to_string(),
+            agent: request.agent,
+            repo: request.repo,
+            env: BTreeMap::new(),
+            timeouts: SpawnTimeouts {
+                idle_s: request.idle_s,
+                max_s: request.max_s,
+            },
+        }
+    }
+
+    /// Asks the provider for spawn attempt `spawn`'s sandbox (deferred; answers `SpawnResult`).
+    fn call_provider(&mut self, spawn: u32, spec: SpawnSpec) {
+        let provider = self.ports.sandboxes.clone();
+        self.defer(async move {
+            let result = provider.spawn(&spec).await.map_err(|e| e.to_failure());
+            Completion(Done::Answer(Input::SpawnResult { spawn, result }))
+        });
     }
 
     fn defer(&mut self, work: impl std::future::Future<Output = Completion> + Send + 'static) {
