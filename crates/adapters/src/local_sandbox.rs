@@ -48,16 +48,16 @@
 //! next sandbox on a thread of its own ([`LocalSandboxConfig::prepare_ahead`], on by default):
 //! its directories and log made, bubblewrap running with the same mounts as any other sandbox,
 //! and inside it, instead of the bridge, a `/bin/sh` launcher waiting on its stdin (a pipe from
-//! the provider). The next spawn without a repository takes it and writes the bridge's
-//! environment, program and arguments to that pipe, one a line; the launcher runs them with
-//! `env -i` (exactly that environment, plus `PWD`, as bwrap sets it for a sandbox started
-//! directly) and stdin from /dev/null, so the bridge's process, group and environment are those
-//! of a sandbox started at the spawn. Nothing secret is in the prepared sandbox before it is
-//! taken; its lifetime starts when it is taken. A launcher whose pipe closes without the full
-//! message (the server died) exits without running anything. A spawn that cannot use it (a
-//! repository to clone, another agent program to bind, a value with a newline, a variable name
-//! `env` could misread, a bridge path with `=`, or the launcher gone) starts its sandbox
-//! directly. Dropping the provider kills and removes the prepared sandbox; a server that dies
+//! the provider). The next spawn without a repository takes it and writes to that pipe a
+//! one-line script that execs `env -i` with the bridge's environment, program and arguments, each
+//! single-quoted; the launcher sources it (so the shell reads it in blocks, not a byte per system
+//! call), and the bridge runs with exactly that environment (plus `PWD`, as bwrap sets it for a
+//! sandbox started directly) and stdin from /dev/null, so its process, group and environment are
+//! those of a sandbox started at the spawn. Nothing secret is in the prepared sandbox before it is
+//! taken; its lifetime starts when it is taken. A launcher whose pipe closes without the whole
+//! script (the server died) exits without running anything. A spawn that cannot use it (a
+//! repository to clone, another agent program to bind, a variable name `env` could misread, a
+//! bridge path with `=`, or the launcher gone) starts its sandbox directly. Dropping the provider kills and removes the prepared sandbox; a server that dies
 //! leaves at most its unused directory.
 
 use std::collections::{BTreeMap, HashMap};
@@ -106,10 +106,13 @@ const SIGKILL: i32 = 9;
 const LAUNCHER_SHELL: &str = "/bin/sh";
 /// Where `env` may live (the launcher runs the bridge through `env -i`).
 const ENV_PROGRAMS: [&str; 2] = ["/usr/bin/env", "/bin/env"];
-/// The launcher of a sandbox prepared ahead (`sh -c LAUNCHER <env program>`): reads lines
-/// (`NAME=value`…, then the program, then its arguments) until an empty one, then runs
-/// `env -i <lines>` with stdin from /dev/null. Input that ends first runs nothing (exit 70).
-const LAUNCHER: &str = r#"while IFS= read -r line; do [ -n "$line" ] || exec "$0" -i "$@" </dev/null; set -- "$@" "$line"; done; exit 70"#;
+/// The launcher of a sandbox prepared ahead (`sh -c LAUNCHER <env program>`): runs the script it
+/// is sent on stdin, `{ exec "$0" -i 'NAME=value'… 'program' 'arg'… </dev/null; }` (see
+/// `launch_message`). The shell reads a sourced file in blocks, where `read` would take a system
+/// call per byte (a millisecond of a session's start for a 1 KiB message). Input that ends before
+/// the closing brace is a syntax error, which `command` keeps from ending the shell: nothing runs
+/// (exit 70).
+const LAUNCHER: &str = "command . /dev/stdin; exit 70";
 /// How long to wait for a group to die after SIGKILL before calling the sandbox lost.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -858,11 +861,12 @@ impl LocalProcessSandboxProvider {
         }
     }
 
-    /// What the launcher of a prepared sandbox is sent for `spec`: the bridge's environment
-    /// (with `PWD`) as `NAME=value` lines, its program, its arguments, then an empty line. `None`
-    /// when lines cannot carry them (a newline in a value, an empty argument, `=` in the
-    /// program's path…) or `env` could misread them (a variable name other than letters, digits
-    /// and `_`, not starting with a digit).
+    /// What the launcher of a prepared sandbox is sent for `spec`: one brace group that runs
+    /// `env -i` (the launcher's `$0`) with the bridge's environment (with `PWD`), its program and
+    /// its arguments, each single-quoted, and stdin from /dev/null. `None` when `env` could
+    /// misread them (a variable name other than letters, digits and `_`, not starting with a
+    /// digit; `=` in the program's path, which `env` would take for a variable), for a program
+    /// that is not an absolute path, or past [`MAX_LAUNCH_MESSAGE`].
     fn launch_message(
         &self,
         spec: &SpawnSpec,
@@ -870,38 +874,28 @@ impl LocalProcessSandboxProvider {
         workspace: &Path,
         home: &Path,
     ) -> Option<Vec<u8>> {
-        use std::os::unix::ffi::OsStrExt;
         let mut env = self.sandbox_env(spec, id, workspace, home);
         env.insert("PWD".to_string(), workspace.to_str()?.to_string());
-        let mut message = Vec::new();
+        let mut message = String::from("{ exec \"$0\" -i");
         for (name, value) in &env {
-            // A name `env` could take for an option, or one lines cannot carry, goes the direct way.
+            // A name `env` could take for an option or split wrongly goes the direct way.
             let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !plain || value.contains('\n') {
+            if !plain {
                 return None;
             }
-            message.extend_from_slice(name.as_bytes());
-            message.push(b'=');
-            message.extend_from_slice(value.as_bytes());
-            message.push(b'\n');
+            push_quoted(&mut message, &format!("{name}={value}"));
         }
-        let program = self.config.bridge.as_os_str().as_bytes();
-        if !self.config.bridge.is_absolute() || program.contains(&b'=') || program.contains(&b'\n')
-        {
+        let program = self.config.bridge.to_str()?;
+        if !self.config.bridge.is_absolute() || program.contains('=') {
             return None;
         }
-        message.extend_from_slice(program);
-        message.push(b'\n');
+        push_quoted(&mut message, program);
         for arg in &self.config.bridge_args {
-            if arg.is_empty() || arg.contains('\n') {
-                return None;
-            }
-            message.extend_from_slice(arg.as_bytes());
-            message.push(b'\n');
+            push_quoted(&mut message, arg);
         }
-        message.push(b'\n');
-        (message.len() <= MAX_LAUNCH_MESSAGE).then_some(message)
+        message.push_str(" </dev/null; }\n");
+        (message.len() <= MAX_LAUNCH_MESSAGE).then(|| message.into_bytes())
     }
 
     /// Starts `spec`'s bridge in the prepared sandbox, when there is one it can use (then
@@ -1185,6 +1179,14 @@ fn new_sandbox_id() -> SandboxId {
         .expect("lp-<hex> is a valid sandbox id")
 }
 
+/// Appends ` 'word'` to a shell script: inside single quotes every character but `'` stands for
+/// itself, and `'` is written `'\''` (close, an escaped quote, reopen).
+fn push_quoted(script: &mut String, word: &str) {
+    script.push_str(" '");
+    script.push_str(&word.replace('\'', "'\\''"));
+    script.push('\'');
+}
+
 /// The longest launch message sent to a prepared sandbox (well within a pipe's buffer, so the
 /// write never waits on the launcher); a longer one starts its sandbox directly.
 const MAX_LAUNCH_MESSAGE: usize = 16 * 1024;
@@ -1451,6 +1453,7 @@ mod tests {
             .env("LEAKED", "from the launcher's own environment")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(message).unwrap();
@@ -1458,18 +1461,42 @@ mod tests {
         (out.status, String::from_utf8(out.stdout).unwrap())
     }
 
+    /// The launcher's script for `words` (`NAME=value`…, program, arguments), as
+    /// `launch_message` writes it.
+    fn script(words: &[&str]) -> Vec<u8> {
+        let mut script = String::from("{ exec \"$0\" -i");
+        for word in words {
+            push_quoted(&mut script, word);
+        }
+        script.push_str(" </dev/null; }\n");
+        script.into_bytes()
+    }
+
     #[test]
     fn the_launcher_runs_exactly_the_environment_and_command_it_is_sent() {
-        let (status, out) =
-            launch(b"A=1\nB=two  words = 'q' $HOME\n/bin/sh\n-c\nenv; readlink /proc/$$/fd/0\n\n");
+        let (status, out) = launch(&script(&[
+            "A=1",
+            "B=two  words = 'q' $HOME \\ `x` \"y\"",
+            "C=line one\nline two",
+            "/bin/sh",
+            "-c",
+            "env -0; readlink /proc/$$/fd/0",
+        ]));
         assert!(status.success(), "{status:?}");
-        let mut lines: Vec<&str> = out.lines().collect();
-        let stdin = lines.pop();
-        lines.sort();
+        let (env, stdin) = out.rsplit_once('\0').expect("env -0 printed");
+        let mut vars: Vec<&str> = env.split('\0').collect();
+        vars.sort();
         // `sh` adds PWD (a prepared sandbox sends its own, as bwrap sets it for a direct start).
-        lines.retain(|l| !l.starts_with("PWD="));
-        assert_eq!(lines, ["A=1", "B=two  words = 'q' $HOME"]);
-        assert_eq!(stdin, Some("/dev/null"), "the bridge's stdin is /dev/null");
+        vars.retain(|l| !l.starts_with("PWD="));
+        assert_eq!(
+            vars,
+            [
+                "A=1",
+                "B=two  words = 'q' $HOME \\ `x` \"y\"",
+                "C=line one\nline two"
+            ]
+        );
+        assert_eq!(stdin.trim(), "/dev/null", "the bridge's stdin is /dev/null");
     }
 
     #[test]
@@ -1479,10 +1506,17 @@ mod tests {
             std::process::id(),
             uuid::Uuid::now_v7().simple()
         ));
-        let message = format!("A=1\n/usr/bin/touch\n{}\n", marker.display());
-        let (status, _) = launch(message.as_bytes());
-        assert_eq!(status.code(), Some(70));
-        assert!(!marker.exists(), "nothing ran");
+        let whole = script(&["A=1", "/usr/bin/touch", &marker.display().to_string()]);
+        // Cut anywhere before the closing brace: in a quote, between words, before `}`.
+        for cut in [whole.len() / 2, whole.len() - 12, whole.len() - 3, 0] {
+            let (status, _) = launch(&whole[..cut]);
+            assert_eq!(status.code(), Some(70), "cut at {cut}");
+            assert!(!marker.exists(), "nothing ran (cut at {cut})");
+        }
+        let (status, _) = launch(&whole);
+        assert!(status.success(), "{status:?}");
+        assert!(marker.exists(), "the whole script runs");
+        let _ = std::fs::remove_file(&marker);
     }
 
     fn spawn_spec(env: BTreeMap<String, String>) -> SpawnSpec {
@@ -1514,30 +1548,28 @@ mod tests {
         let (workspace, home) = (root.join("w"), root.join("h"));
         let message = |spec: &SpawnSpec| p.launch_message(spec, &id, &workspace, &home);
         let sent = String::from_utf8(message(&spawn_spec(BTreeMap::new())).unwrap()).unwrap();
-        assert!(sent.ends_with("\n/opt/bridge\nserve\n\n"), "{sent}");
         assert!(
-            sent.contains(&format!("\nPWD={}\n", workspace.display())),
+            sent.starts_with("{ exec \"$0\" -i '")
+                && sent.ends_with(" '/opt/bridge' 'serve' </dev/null; }\n"),
             "{sent}"
         );
         assert!(
-            sent.contains("\nSWITCHBOARD_SANDBOX_TOKEN=one-time-token\n"),
+            sent.contains(&format!(" 'PWD={}' ", workspace.display())),
             "{sent}"
         );
-        let newline = BTreeMap::from([("X".to_string(), "a\nb".to_string())]);
-        assert_eq!(message(&spawn_spec(newline)), None);
+        assert!(
+            sent.contains(" 'SWITCHBOARD_SANDBOX_TOKEN=one-time-token' "),
+            "{sent}"
+        );
         let option_like = BTreeMap::from([("-u".to_string(), "x".to_string())]);
         assert_eq!(message(&spawn_spec(option_like)), None);
         let huge = BTreeMap::from([("X".to_string(), "x".repeat(MAX_LAUNCH_MESSAGE))]);
         assert_eq!(message(&spawn_spec(huge)), None);
-        for (bridge, args) in [
-            ("/opt/a=b/bridge", vec![]),
-            ("no-such-bridge-on-path", vec![]),
-            ("/opt/bridge", vec![String::new()]),
-        ] {
+        for bridge in ["/opt/a=b/bridge", "no-such-bridge-on-path"] {
             let p = LocalProcessSandboxProvider::new(
                 LocalSandboxConfig::new(&root)
                     .with_isolation(IsolationChoice::Off)
-                    .with_bridge(bridge, args),
+                    .with_bridge(bridge, vec![]),
             )
             .unwrap();
             let _ = std::fs::remove_dir(&root);
@@ -1547,6 +1579,49 @@ mod tests {
                 "{bridge}"
             );
         }
+    }
+
+    #[test]
+    fn a_launch_message_carries_any_value_to_the_bridge_exactly() {
+        let root = std::env::temp_dir().join(format!("sb-launch-exact-{}", std::process::id()));
+        let p = LocalProcessSandboxProvider::new(
+            LocalSandboxConfig::new(&root)
+                .with_isolation(IsolationChoice::Off)
+                .with_bridge(
+                    "/bin/sh",
+                    vec![
+                        "-c".into(),
+                        r#"env -0; printf '%s[%s]' "$#" "$1""#.into(),
+                        "sh".into(),
+                        String::new(),
+                    ],
+                ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir(&root);
+        let id = new_sandbox_id();
+        let (workspace, home) = (root.join("w'x"), root.join("h"));
+        let tricky = BTreeMap::from([
+            ("NEWLINE".to_string(), "a\nb".to_string()),
+            ("QUOTES".to_string(), "it's \"q\" '' \\'".to_string()),
+            (
+                "SHELLISH".to_string(),
+                "$HOME $(id) `id` ; } { exit 3".to_string(),
+            ),
+            ("EMPTY".to_string(), String::new()),
+        ]);
+        let spec = spawn_spec(tricky);
+        let message = p.launch_message(&spec, &id, &workspace, &home).unwrap();
+        let (status, out) = launch(&message);
+        assert!(status.success(), "{status:?}");
+        let (env, args) = out.rsplit_once('\0').expect("env -0 printed");
+        assert_eq!(args, "1[]", "one argument, empty, got through");
+        // The bridge here is a shell, which sets PWD to where it runs (a sandbox runs it in the
+        // workspace, the PWD it is sent; this test does not).
+        let expected = p.sandbox_env(&spec, &id, &workspace, &home);
+        let mut env = environ(env.as_bytes());
+        env.remove("PWD");
+        assert_eq!(env, expected);
     }
 
     /// A NUL-separated environment as a map.

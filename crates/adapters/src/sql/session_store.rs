@@ -8,10 +8,12 @@
 //! WAL mode, schema applied: see `create_database`); a session exists for `load` and `list` once a
 //! snapshot landed.
 //!
-//! Writes: one commit is one `BEGIN IMMEDIATE` transaction: the seq check against `MAX(seq)`, the
-//! events as multi-row `INSERT`s of [`INSERT_SHAPES`] rows (largest first, so a connection prepares
-//! at most seven statements however its commits vary in size: the runtime coalesces a varying
-//! number of events into one commit), the snapshot upsert and the outbox removals then puts. Everything is encoded
+//! Writes: one commit is one `BEGIN IMMEDIATE` transaction: the events as multi-row `INSERT`s of
+//! [`INSERT_SHAPES`] rows (largest first, so a connection prepares at most fourteen statements
+//! however its commits vary in size: the runtime coalesces a varying number of events into one
+//! commit), the first of which carries the seq check against `MAX(seq)` (it inserts nothing
+//! unless the log ends right before the commit's first seq: one statement fewer per commit), the
+//! snapshot upsert and the outbox removals then puts. Everything is encoded
 //! before the transaction starts, so the write lock is held only for SQL. A commit that fails
 //! rolls back whole; the connection it used is closed rather than returned to the pool, because
 //! SQLite may already have rolled the transaction back on its own (disk full, I/O error) and the
@@ -653,30 +655,41 @@ fn encode(key: &SessionKey, commit: &Commit) -> Result<EncodedCommit, SessionSto
 }
 
 /// The `INSERT` of `rows` events, built once for each of [`INSERT_SHAPES`] (a 64-row statement
-/// is over a kilobyte of text, and every commit names one or more).
-fn insert_events_statement(rows: usize) -> Arc<str> {
-    static STATEMENTS: std::sync::OnceLock<Vec<(usize, Arc<str>)>> = std::sync::OnceLock::new();
+/// is over a kilobyte of text, and every commit names one or more). A `guarded` one inserts its
+/// rows only when the log ends at the seq bound after them (its rows' `?`s, then one more):
+/// the commit's seq check and its first insert in one statement.
+fn insert_events_statement(rows: usize, guarded: bool) -> Arc<str> {
+    type Statements = Vec<(usize, bool, Arc<str>)>;
+    static STATEMENTS: std::sync::OnceLock<Statements> = std::sync::OnceLock::new();
     STATEMENTS
         .get_or_init(|| {
             INSERT_SHAPES
                 .iter()
-                .map(|&shape| (shape, insert_events_sql(shape).into()))
+                .flat_map(|&shape| [(shape, false), (shape, true)])
+                .map(|(shape, guarded)| (shape, guarded, insert_events_sql(shape, guarded).into()))
                 .collect()
         })
         .iter()
-        .find(|(shape, _)| *shape == rows)
-        .map(|(_, sql)| sql.clone())
-        .unwrap_or_else(|| insert_events_sql(rows).into())
+        .find(|(shape, g, _)| *shape == rows && *g == guarded)
+        .map(|(_, _, sql)| sql.clone())
+        .unwrap_or_else(|| insert_events_sql(rows, guarded).into())
 }
 
-fn insert_events_sql(rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO events (seq, run_id, type, at, critical, json) VALUES ");
+fn insert_events_sql(rows: usize, guarded: bool) -> String {
+    let mut sql = String::from("INSERT INTO events (seq, run_id, type, at, critical, json) ");
+    sql.push_str(if guarded {
+        "SELECT * FROM (VALUES "
+    } else {
+        "VALUES "
+    });
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
         sql.push_str("(?, ?, ?, ?, ?, ?)");
+    }
+    if guarded {
+        sql.push_str(") WHERE (SELECT COALESCE(MAX(seq), 0) FROM events) = ?");
     }
     sql
 }
@@ -689,18 +702,28 @@ async fn write_commit(
     commit: &Commit,
     encoded: EncodedCommit,
 ) -> Result<(), Failure> {
+    // Where the commit starts is checked in SQL; that its events follow one another, here.
+    let after = match commit.events.first() {
+        Some(first) => match first.seq.checked_sub(1) {
+            Some(after) => {
+                check_seqs(key, after, commit).map_err(Failure::Port)?;
+                Some(after)
+            }
+            None => {
+                let tx = conn.begin().await?;
+                return Err(refuse_start(tx, key, commit).await);
+            }
+        },
+        None => None,
+    };
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
-    if let Err(refusal) = check_seqs(key, last.max(0) as u64, commit) {
-        tx.rollback().await?;
-        return Err(Failure::Port(refusal));
-    }
-    // The rows move into the statements' arguments: no copy of their text.
+    // The rows move into the statements' arguments: no copy of their text. The first insert
+    // carries the seq check: it inserts nothing unless the log ends at `after`.
     let mut rows = encoded.events.into_iter();
-    for len in insert_chunks(rows.len()) {
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(insert_events_statement(len)));
+    for (i, len) in insert_chunks(rows.len()).into_iter().enumerate() {
+        let guard = after.filter(|_| i == 0);
+        let sql = insert_events_statement(len, guard.is_some());
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in rows.by_ref().take(len) {
             insert = insert
                 .bind(row.seq)
@@ -710,7 +733,13 @@ async fn write_commit(
                 .bind(row.critical)
                 .bind(row.json);
         }
-        insert.execute(&mut *tx).await?;
+        if let Some(after) = guard {
+            insert = insert.bind(i64::try_from(after).unwrap_or(i64::MAX));
+        }
+        let inserted = insert.execute(&mut *tx).await?.rows_affected();
+        if guard.is_some() && inserted == 0 {
+            return Err(refuse_start(tx, key, commit).await);
+        }
     }
     if let Some(snapshot) = &encoded.snapshot {
         sqlx::query(
@@ -740,6 +769,36 @@ async fn write_commit(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The refusal of a commit that does not start right after the log's last seq (`Conflict`,
+/// naming where the log ends), once the transaction `tx` is rolled back.
+async fn refuse_start(
+    mut tx: sqlx::Transaction<'_, Sqlite>,
+    key: &SessionKey,
+    commit: &Commit,
+) -> Failure {
+    let last: Result<i64, sqlx::Error> =
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await;
+    let last = match last {
+        Ok(last) => last,
+        Err(e) => return Failure::Sql(e),
+    };
+    if let Err(e) = tx.rollback().await {
+        return Failure::Sql(e);
+    }
+    let first = commit.events.first().map_or(0, |e| e.seq);
+    Failure::Port(
+        check_seqs(key, last.max(0) as u64, commit)
+            .err()
+            .unwrap_or_else(|| {
+                SessionStoreError::Conflict(format!(
+            "session {key}: the log moved while a commit starting at seq {first} was written"
+        ))
+            }),
+    )
 }
 
 async fn user_version(conn: &mut SqliteConnection) -> Result<i64, Failure> {
@@ -982,12 +1041,20 @@ mod tests {
     }
 
     #[test]
-    fn the_event_insert_binds_six_values_a_row() {
-        let sql = insert_events_sql(3);
+    fn the_event_insert_binds_six_values_a_row_and_the_guarded_one_the_seq_before() {
+        let sql = insert_events_sql(3, false);
         assert_eq!(sql.matches('?').count(), 18);
         assert!(sql.ends_with("(?, ?, ?, ?, ?, ?)"));
+        let guarded = insert_events_sql(3, true);
+        assert_eq!(guarded.matches('?').count(), 19);
+        assert!(guarded.ends_with("WHERE (SELECT COALESCE(MAX(seq), 0) FROM events) = ?"));
         for rows in INSERT_SHAPES.into_iter().chain([3]) {
-            assert_eq!(&*insert_events_statement(rows), insert_events_sql(rows));
+            for guard in [false, true] {
+                assert_eq!(
+                    &*insert_events_statement(rows, guard),
+                    insert_events_sql(rows, guard)
+                );
+            }
         }
     }
 
