@@ -516,7 +516,7 @@ mod tests {
         SessionId::parse("s-1").unwrap()
     }
 
-    fn create(w: &World) -> SessionInfo {
+    fn try_create(w: &World) -> Result<SessionInfo, SessionHostError> {
         let request = CreateSession {
             session_id: s1(),
             model: ModelRef::parse("openai/gpt-test").unwrap(),
@@ -524,7 +524,11 @@ mod tests {
             repo: None,
             permissions: None,
         };
-        block_on(w.host.create(&w.principal, request)).unwrap()
+        block_on(w.host.create(&w.principal, request))
+    }
+
+    fn create(w: &World) -> SessionInfo {
+        try_create(w).unwrap()
     }
 
     fn prompt(w: &World, run: &str) -> Result<Queued, SessionHostError> {
@@ -604,14 +608,7 @@ mod tests {
         let w = world();
         w.store
             .script((0..3).map(|_| Flake::Fail(ErrorClass::Unavailable)));
-        let request = CreateSession {
-            session_id: s1(),
-            model: ModelRef::parse("openai/gpt-test").unwrap(),
-            agent: "opencode".into(),
-            repo: None,
-            permissions: None,
-        };
-        let refused = block_on(w.host.create(&w.principal, request)).unwrap_err();
+        let refused = try_create(&w).unwrap_err();
         assert_eq!(refused.class(), ErrorClass::Unavailable);
         assert!(
             w.sandboxes.spawned().is_empty(),
